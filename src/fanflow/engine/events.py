@@ -1,0 +1,57 @@
+"""The one event stream. Progress, traces, summaries and checkpoints all subscribe to it.
+
+Events are emitted on the event-loop thread, in order. Listeners must be quick: anything slow
+(disk writes) is buffered by the listener itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Event kinds (plain strings keep emission cheap and the stream easy to serialise).
+RUN_STARTED = "run_started"  # data: run_id, workflow, inputs, nodes, wall_start, max_concurrent
+NODE_STARTED = "node_started"  # node; data: batch (item count) when the node is a batch
+NODE_FINISHED = "node_finished"  # node; data: status, action, outputs, error, attempts
+NODE_SKIPPED = "node_skipped"  # node; dead path (no incoming edge fired)
+NODE_RETRY = "node_retry"  # node, item?; data: attempt, error, wait
+ITEM_STARTED = "item_started"  # node, item
+ITEM_FINISHED = "item_finished"  # node, item; data: status, result, error, attempts, item
+RUN_FINISHED = "run_finished"  # data: status, outputs, error, failed_node
+
+
+@dataclass(slots=True)
+class Event:
+    kind: str
+    t: float  # time.perf_counter() seconds; RUN_STARTED carries the matching wall clock
+    node: str | None = None
+    item: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Listener(Protocol):
+    def on_event(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventBus:
+    """Fan events out to listeners. With no listeners, emitting costs one attribute check."""
+
+    def __init__(self, listeners: list[Listener] | None = None):
+        self.listeners: list[Listener] = list(listeners or [])
+
+    def add(self, listener: Listener) -> None:
+        self.listeners.append(listener)
+
+    def emit(self, kind: str, node: str | None = None, item: int | None = None, **data: Any) -> None:
+        if not self.listeners:
+            return
+        event = Event(kind, time.perf_counter(), node, item, data)
+        for listener in self.listeners:
+            listener.on_event(event)
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()

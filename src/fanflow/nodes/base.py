@@ -1,0 +1,125 @@
+"""The node contract: PocketFlow's prep → exec → post lifecycle, in a sync and an async flavour.
+
+Sync nodes run on the engine's own thread pool; async nodes run on the event loop. The engine
+drives the lifecycle itself (so retries and cancellation are visible and uniform), which is also
+why a plain `pocketflow.Node` / `AsyncNode` subclass runs unmodified: only `prep`, `exec`,
+`exec_fallback`, `post`, `max_retries` and `wait` (or their `_async` twins) are used.
+
+`shared` is the node's view of the store: reads see the node's own outputs, then the workflow
+inputs, then other nodes' namespaces by id; writes land in the node's own namespace only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from fanflow.engine.context import RunContext
+
+
+@dataclass(frozen=True)
+class Param:
+    """Declared parameter of a node type (drives validation, `fanflow nodes` and the guide)."""
+
+    type: str = "string"  # string|number|integer|boolean|object|array|any
+    required: bool = False
+    default: Any = None
+    description: str = ""
+
+
+class Node:
+    """Sync node. Subclasses set `type_name`, `params_spec`, `outputs_spec` and override exec."""
+
+    type_name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    params_spec: ClassVar[dict[str, Param]] = {}
+    # Output keys this node type writes; empty means "any key" (custom nodes, code results).
+    outputs_spec: ClassVar[dict[str, str]] = {}
+    # Default engine retry policy for this type: attempts (1 = no retry) and whether only
+    # transient NodeErrors (retryable=True) are retried. Overridden by a node's `retry` config.
+    default_attempts: ClassVar[int] = 1
+
+    ctx: RunContext
+    node_id: str
+
+    def __init__(self, max_retries: int = 1, wait: float = 0) -> None:
+        self.params: dict[str, Any] = {}
+        self.max_retries = max_retries
+        self.wait = wait
+        self.cur_retry = 0
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def prep(self, shared: MutableMapping[str, Any]) -> Any:
+        return self.params
+
+    def exec(self, prep_res: Any) -> Any:
+        return {}
+
+    def exec_fallback(self, prep_res: Any, exc: Exception) -> Any:
+        raise exc
+
+    def post(self, shared: MutableMapping[str, Any], prep_res: Any, exec_res: Any) -> str | None:
+        if isinstance(exec_res, dict):
+            shared.update(exec_res)
+        return None
+
+
+class AsyncNode(Node):
+    """Async node: the lifecycle is awaited on the engine's event loop (I/O-bound work)."""
+
+    async def prep_async(self, shared: MutableMapping[str, Any]) -> Any:
+        return self.params
+
+    async def exec_async(self, prep_res: Any) -> Any:
+        return {}
+
+    async def exec_fallback_async(self, prep_res: Any, exc: Exception) -> Any:
+        raise exc
+
+    async def post_async(
+        self, shared: MutableMapping[str, Any], prep_res: Any, exec_res: Any
+    ) -> str | None:
+        if isinstance(exec_res, dict):
+            shared.update(exec_res)
+        return None
+
+
+def is_async_node(obj: Any) -> bool:
+    return hasattr(obj, "exec_async")
+
+
+class NodeShared(MutableMapping[str, Any]):
+    """A node's view of the shared store (see module docstring)."""
+
+    __slots__ = ("_inputs", "_own", "_store")
+
+    def __init__(self, own: dict[str, Any], inputs: dict[str, Any], store: dict[str, dict]):
+        self._own = own
+        self._inputs = inputs
+        self._store = store
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._own:
+            return self._own[key]
+        if key in self._inputs:
+            return self._inputs[key]
+        return self._store[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._own[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._own[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._own)
+
+    def __len__(self) -> int:
+        return len(self._own)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._own or key in self._inputs or key in self._store
