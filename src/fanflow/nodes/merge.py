@@ -1,0 +1,152 @@
+"""merge: collect the outputs of several upstream nodes into one value (the fan-in of a fan-out).
+
+The declared `inputs` are templates, so the dependencies stay explicit: the engine renders them
+before the node runs. Because rendering loses where a value came from, the engine also passes
+`params["__sources__"]`: for a list of inputs, the id of the node each entry reads (None for an
+entry that reads no node); for a dict of inputs, {name: node id}.
+
+For `strategy: "first"` the engine starts the merge as soon as one upstream succeeds, cancels the
+other upstream branches and passes only the winner's entry (with its source). When it passes
+several entries anyway (every upstream already finished), the first present one in declared
+order wins, so the result is still deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fanflow.errors import NodeError
+from fanflow.nodes.base import Node, Param
+
+STRATEGIES = ("object", "list", "concat", "first")
+SOURCES_PARAM = "__sources__"
+# The node a template entry reads first: `${fetch.response}` → "fetch" (static check only).
+_FIRST_REF = re.compile(r"\$\{\s*([^.\[}\s]+)")
+
+
+class MergeNode(Node):
+    type_name = "merge"
+    description = (
+        "Join the outputs of parallel branches into one value: an object keyed by node id, a list, "
+        "concatenated text, or the first branch to finish (a race that cancels the others)."
+    )
+    params_spec = {
+        "inputs": Param(
+            type="any",
+            required=True,
+            description='What to merge: a list of templates (["${a.response}", "${b.response}"]) '
+            'or an object of named templates ({"fr": "${fr.response}", "de": "${de.response}"}). '
+            "Each template makes its node a dependency.",
+        ),
+        "strategy": Param(
+            type="string",
+            default="object",
+            description="object: {node id (or the name in the dict form): value}; "
+            "list: values in declared order; concat: values as text joined by `separator`; "
+            "first: the first upstream to succeed wins and the other branches are cancelled.",
+        ),
+        "separator": Param(
+            type="string", default="\n", description="Text placed between values for concat."
+        ),
+    }
+    outputs_spec = {
+        "result": "the merged value (object, list, text, or the winning value for first)",
+        "winner": "first only: the id of the node whose value won",
+    }
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[str]:
+        """Static checks the generic param validation cannot express (returns messages)."""
+        problems: list[str] = []
+        strategy = params.get("strategy", "object")
+        if strategy not in STRATEGIES:
+            problems.append(
+                f"unknown merge strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}"
+            )
+        inputs = params.get("inputs")
+        if not isinstance(inputs, list | dict):
+            problems.append("merge 'inputs' must be a list of templates or an object of templates")
+        elif not inputs:
+            problems.append("merge 'inputs' is empty: name at least one upstream value")
+        elif isinstance(inputs, list) and strategy == "object":
+            seen: set[str] = set()
+            for entry in inputs:
+                match = _FIRST_REF.search(entry) if isinstance(entry, str) else None
+                if match and match.group(1) in seen:
+                    problems.append(
+                        f"merge 'object': two inputs read node {match.group(1)!r}, so keying by "
+                        "node id would lose one; use the object form of 'inputs' to name them"
+                    )
+                elif match:
+                    seen.add(match.group(1))
+        separator = params.get("separator", "\n")
+        if not isinstance(separator, str):
+            problems.append("merge 'separator' must be a string")
+        return problems
+
+    def exec(self, prep_res: Any) -> dict[str, Any]:
+        params = prep_res if isinstance(prep_res, dict) else self.params
+        strategy = params.get("strategy") or "object"
+        if strategy not in STRATEGIES:
+            raise NodeError(
+                f"unknown merge strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}"
+            )
+        names, values, sources = _entries(params.get("inputs"), params.get(SOURCES_PARAM))
+
+        if strategy == "first":
+            for name, value, source in zip(names, values, sources, strict=True):
+                if value is not None:
+                    return {"result": value, "winner": source if source is not None else name}
+            raise NodeError("merge 'first': no upstream produced a value")
+        if strategy == "list":
+            return {"result": values}
+        if strategy == "concat":
+            separator = params.get("separator")
+            separator = "\n" if separator is None else str(separator)
+            # None is an absent value (e.g. a branch that failed under on_error: continue).
+            return {"result": separator.join(_as_text(v) for v in values if v is not None)}
+        return {"result": _keyed(names, values)}
+
+
+def _entries(inputs: Any, sources: Any) -> tuple[list[str], list[Any], list[str | None]]:
+    """Normalise both input forms to parallel lists: (names, values, source node ids).
+
+    For the list form a name is the source node id when known, else the position ("0", "1").
+    """
+    if isinstance(inputs, dict):
+        src = sources if isinstance(sources, dict) else {}
+        names = [str(k) for k in inputs]
+        return names, list(inputs.values()), [src.get(k) for k in inputs]
+    if isinstance(inputs, list):
+        src_list = list(sources) if isinstance(sources, list) else []
+        src_list += [None] * (len(inputs) - len(src_list))
+        srcs = [s if isinstance(s, str) else None for s in src_list[: len(inputs)]]
+        names = [s if s is not None else str(i) for i, s in enumerate(srcs)]
+        return names, list(inputs), srcs
+    raise NodeError(
+        "merge 'inputs' must be a list of templates or an object of templates, "
+        f"got {type(inputs).__name__}"
+    )
+
+
+def _keyed(names: list[str], values: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in zip(names, values, strict=True):
+        if name in out:
+            raise NodeError(
+                f"merge 'object': two inputs read node {name!r}, so keying by node id would lose "
+                'one of them; name them with the object form: {"a": "${x.y}", "b": "${x.z}"}'
+            )
+        out[name] = value
+    return out
+
+
+def _as_text(value: Any) -> str:
+    # Same rendering as a template embedded in text: structures as JSON, the rest as str().
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value) if isinstance(value, bool) else str(value)
