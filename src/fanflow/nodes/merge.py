@@ -29,8 +29,8 @@ _FIRST_REF = re.compile(r"\$\{\s*([^.\[}\s]+)")
 class MergeNode(Node):
     type_name = "merge"
     description = (
-        "Join the outputs of parallel branches into one value: an object keyed by node id, a list, "
-        "concatenated text, or the first branch to finish (a race that cancels the others)."
+        "Join parallel branches into one value: an object by node id, a list, joined text, "
+        "or the first to succeed (a race that cancels the others)."
     )
     params_spec = {
         "inputs": Param(
