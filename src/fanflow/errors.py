@@ -58,7 +58,17 @@ class NodeError(Exception):
     """Raised by a node for an expected failure. `retryable` marks transient causes
     (429, 5xx, timeouts); `retry_after` carries a server's Retry-After in seconds."""
 
-    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        outputs: dict | None = None,
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        # What the node produced before failing (e.g. a shell command's stdout/stderr/exit_code),
+        # kept so an `error` edge handler can read it.
+        self.outputs = outputs

@@ -45,7 +45,9 @@ class EventBus:
     def add(self, listener: Listener) -> None:
         self.listeners.append(listener)
 
-    def emit(self, kind: str, node: str | None = None, item: int | None = None, **data: Any) -> None:
+    def emit(
+        self, kind: str, node: str | None = None, item: int | None = None, **data: Any
+    ) -> None:
         if not self.listeners:
             return
         event = Event(kind, time.perf_counter(), node, item, data)

@@ -57,8 +57,10 @@ def _discover() -> None:
                 sys.modules[spec.name] = module
                 spec.loader.exec_module(module)
                 for value in vars(module).values():
-                    if isinstance(value, type) and getattr(value, "type_name", "") and (
-                        value.__module__ == module.__name__
+                    if (
+                        isinstance(value, type)
+                        and getattr(value, "type_name", "")
+                        and (value.__module__ == module.__name__)
                     ):
                         _registered.setdefault(value.type_name, value)
 

@@ -1,0 +1,3 @@
+from fanflow.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""Workflow inputs: typed by their declaration, defaults applied, unknown names rejected."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fanflow.errors import Problem, WorkflowInvalid
+from fanflow.ir.model import Workflow
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_cli_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`name=value` words from the command line (the value may itself contain '=')."""
+    values: dict[str, str] = {}
+    problems = []
+    for word in pairs:
+        name, sep, value = word.partition("=")
+        if not sep or not name:
+            problems.append(Problem(f"expected name=value, got {word!r}", field="inputs",
+                                    hint="pass inputs as name=value, e.g. repo=."))  # fmt: skip
+            continue
+        values[name] = value
+    if problems:
+        raise WorkflowInvalid(problems)
+    return values
+
+
+def _coerce(name: str, kind: str, value: Any, from_text: bool) -> Any:
+    if kind in ("string", "any") and (from_text or kind == "any" or isinstance(value, str)):
+        return value
+    if from_text and isinstance(value, str):
+        if kind == "boolean":
+            low = value.lower()
+            if low in _TRUE | _FALSE:
+                return low in _TRUE
+            raise ValueError("expected true or false")
+        if kind in ("integer", "number"):
+            try:
+                return int(value) if kind == "integer" else float(value)
+            except ValueError:
+                raise ValueError(
+                    f"expected a{'n integer' if kind == 'integer' else ' number'}"
+                ) from None
+        if kind in ("array", "object"):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"expected JSON ({exc.msg} at column {exc.colno})") from None
+    checks = {
+        "string": str, "boolean": bool, "integer": int, "number": (int, float),
+        "array": list, "object": dict,
+    }  # fmt: skip
+    expected = checks[kind]
+    if not isinstance(value, expected) or (
+        kind in ("integer", "number") and isinstance(value, bool)
+    ):
+        raise ValueError(f"expected {kind}, got {type(value).__name__}")
+    return value
+
+
+def resolve_inputs(
+    workflow: Workflow, given: dict[str, Any], from_text: bool = False
+) -> dict[str, Any]:
+    file = workflow.source
+    problems = []
+    declared = workflow.inputs
+    for name in given:
+        if name not in declared:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else (
+                "declared inputs: " + (", ".join(declared) or "none"))  # fmt: skip
+            problems.append(Problem(f"unknown input '{name}'", file, f"inputs.{name}", hint=hint))
+    values: dict[str, Any] = {}
+    for name, spec in declared.items():
+        if name in given:
+            try:
+                values[name] = _coerce(name, spec.type, given[name], from_text)
+            except ValueError as exc:
+                problems.append(Problem(f"input '{name}': {exc}", file, f"inputs.{name}",
+                                        hint=f"declared type is {spec.type}"))  # fmt: skip
+        elif spec.default is not None:
+            values[name] = spec.default
+        elif spec.required:
+            problems.append(Problem(f"missing required input '{name}'", file, f"inputs.{name}",
+                                    hint=f"pass {name}=<{spec.type}>"
+                                    + (f" ({spec.description})" if spec.description else "")))  # fmt: skip
+        else:
+            values[name] = None
+    if problems:
+        raise WorkflowInvalid(problems)
+    return values

@@ -1,0 +1,195 @@
+"""The graph model every stage shares: nodes, edges by action, dependencies and components.
+
+Dependencies of a node = its incoming edges ∪ the nodes its templates read. Strongly connected
+components (loops closed by a non-default action edge) run as sequential sub-flows; the graph
+of components is a DAG, which the scheduler runs as dataflow.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from fanflow import templates
+from fanflow.ir.model import NodeSpec, Workflow
+
+BATCH_VARS = ("__index__",)
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    src: str
+    dst: str
+    action: str = "default"
+
+
+@dataclass
+class Component:
+    """A single node, or a loop (SCC) run sequentially from its entry node."""
+
+    index: int
+    nodes: list[str]
+    entry: str
+    is_loop: bool
+    in_edges: list[Edge] = field(default_factory=list)  # from other components
+    data_deps: set[int] = field(default_factory=set)  # components read without an edge
+    out_edges: list[Edge] = field(default_factory=list)  # to other components
+
+
+@dataclass
+class Graph:
+    workflow: Workflow
+    ids: list[str]
+    specs: dict[str, NodeSpec]
+    params: dict[str, Any]  # node id → compiled params
+    batch_items: dict[str, Any]  # node id → compiled batch items
+    edges: list[Edge]
+    out_edges: dict[str, list[Edge]]
+    in_edges: dict[str, list[Edge]]
+    reads: dict[str, set[str]]  # node id → node ids its templates read
+    deps: dict[str, set[str]]  # node id → upstream node ids (edges ∪ reads)
+    components: list[Component]
+    comp_of: dict[str, int]
+    implicit_chain: bool  # no edges in the document: array order
+
+    def missing_edges(self) -> list[tuple[str, str]]:
+        """(reader, source) pairs where a node reads another's output without an edge path."""
+        direct = {(e.src, e.dst) for e in self.edges}
+        return [
+            (node, src)
+            for node in self.ids
+            for src in sorted(self.reads[node])
+            if (src, node) not in direct and not self._reachable(src, node)
+        ]
+
+    def _reachable(self, src: str, dst: str) -> bool:
+        seen, stack = {src}, [src]
+        while stack:
+            for e in self.out_edges[stack.pop()]:
+                if e.dst == dst:
+                    return True
+                if e.dst not in seen:
+                    seen.add(e.dst)
+                    stack.append(e.dst)
+        return False
+
+
+def batch_alias(spec: NodeSpec) -> str | None:
+    return spec.batch.as_ if spec.batch else None
+
+
+def build_graph(workflow: Workflow) -> Graph:
+    """Build the graph. Assumes ids are unique and edges name existing nodes (validated first)."""
+    ids = [n.id for n in workflow.nodes]
+    specs = {n.id: n for n in workflow.nodes}
+    params = {n.id: templates.compile_value(n.params) for n in workflow.nodes}
+    batch_items = {
+        n.id: templates.compile_value(n.batch.items) for n in workflow.nodes if n.batch is not None
+    }
+
+    implicit_chain = not workflow.edges
+    if implicit_chain:
+        edges = [Edge(a, b) for a, b in itertools.pairwise(ids)]
+    else:
+        edges = [Edge(e.from_, e.to, e.action) for e in workflow.edges]
+    out_edges: dict[str, list[Edge]] = {i: [] for i in ids}
+    in_edges: dict[str, list[Edge]] = {i: [] for i in ids}
+    for e in edges:
+        if e.src in out_edges and e.dst in in_edges:
+            out_edges[e.src].append(e)
+            in_edges[e.dst].append(e)
+
+    reads: dict[str, set[str]] = {}
+    for node in workflow.nodes:
+        local = {batch_alias(node), *BATCH_VARS} if node.batch else set()
+        found: set[str] = set()
+        for compiled in (params[node.id], batch_items.get(node.id)):
+            for _path, ref in templates.iter_refs(compiled):
+                if ref.root in specs and ref.root != node.id and ref.root not in local:
+                    found.add(ref.root)
+        reads[node.id] = found
+    deps = {i: {e.src for e in in_edges[i]} | reads[i] for i in ids}
+
+    comps, comp_of = _components(ids, deps, workflow.start_node, in_edges)
+    for comp in comps:
+        members = set(comp.nodes)
+        for n in comp.nodes:
+            comp.in_edges += [e for e in in_edges[n] if e.src not in members]
+            comp.out_edges += [e for e in out_edges[n] if e.dst not in members]
+            comp.data_deps |= {comp_of[r] for r in reads[n] if r not in members}
+    return Graph(
+        workflow, ids, specs, params, batch_items, edges, out_edges, in_edges, reads, deps,
+        comps, comp_of, implicit_chain,
+    )  # fmt: skip
+
+
+def _components(
+    ids: list[str], deps: dict[str, set[str]], start: str | None, in_edges: dict[str, list[Edge]]
+) -> tuple[list[Component], dict[str, int]]:
+    """Tarjan's SCCs (iterative), returned in topological order of the component DAG."""
+    order = {n: i for i, n in enumerate(ids)}
+    succ: dict[str, list[str]] = {n: [] for n in ids}
+    for n in ids:
+        for d in deps[n]:
+            succ[d].append(n)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    sccs: list[list[str]] = []
+    counter = 0
+    for root in ids:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            recurse = False
+            for j in range(i, len(succ[node])):
+                nxt = succ[node][j]
+                if nxt not in index:
+                    work.append((node, j + 1))
+                    work.append((nxt, 0))
+                    recurse = True
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            if recurse:
+                continue
+            if low[node] == index[node]:
+                scc = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    scc.append(w)
+                    if w == node:
+                        break
+                sccs.append(sorted(scc, key=order.__getitem__))
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    sccs.reverse()  # Tarjan emits sinks first
+    comps: list[Component] = []
+    comp_of: dict[str, int] = {}
+    for k, members in enumerate(sccs):
+        is_loop = len(members) > 1 or any(e.src == members[0] for e in in_edges[members[0]])
+        entry = members[0]
+        if is_loop:
+            member_set = set(members)
+            if start in member_set:
+                entry = start
+            else:
+                entry = next(
+                    (m for m in members if any(e.src not in member_set for e in in_edges[m])),
+                    members[0],
+                )
+        comps.append(Component(k, members, entry, is_loop))
+        for m in members:
+            comp_of[m] = k
+    return comps, comp_of

@@ -1,0 +1,110 @@
+"""Load a workflow: file → JSON (line and column on errors) → pipeline form → pydantic model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fanflow.errors import Problem, WorkflowInvalid
+from fanflow.ir.model import Workflow
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WorkflowInvalid(
+            [Problem("file not found", file=name, hint="check the path to the workflow file")]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowInvalid([Problem(f"cannot read the file: {exc}", file=name)]) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowInvalid(
+            [
+                Problem(
+                    f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                    file=name,
+                    hint=_json_hint(text, exc),
+                )
+            ]
+        ) from None
+    if not isinstance(doc, dict):
+        raise WorkflowInvalid(
+            [Problem("a workflow must be a JSON object with 'nodes' (or 'pipeline')", file=name)]
+        )
+    return doc
+
+
+def _json_hint(text: str, exc: json.JSONDecodeError) -> str:
+    line = text.splitlines()[exc.lineno - 1] if 0 < exc.lineno <= len(text.splitlines()) else ""
+    pointer = " " * (exc.colno - 1) + "^"
+    hint = f"\n      {line.rstrip()}\n      {pointer}"
+    if "Expecting property name" in exc.msg or "Expecting value" in exc.msg:
+        hint = "look for a trailing comma or a missing value just before here" + hint
+    elif "delimiter" in exc.msg:
+        hint = "look for a missing comma or quote just before here" + hint
+    else:
+        hint = "fix the JSON syntax here" + hint
+    return hint
+
+
+def parse_workflow(doc: dict[str, Any], file: str | None = None) -> Workflow:
+    """Validate the document's shape. Raises WorkflowInvalid listing every schema problem."""
+    if "pipeline" in doc:
+        from fanflow.ir.pipeline import normalise_pipeline
+
+        doc = normalise_pipeline(doc, file)
+    try:
+        workflow = Workflow.model_validate(doc)
+    except ValidationError as exc:
+        raise WorkflowInvalid(_schema_problems(exc, doc, file)) from None
+    workflow._source = file
+    return workflow
+
+
+def _schema_problems(exc: ValidationError, doc: dict[str, Any], file: str | None) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if p not in ("function-after[_seed_batch_form(), NodeSpec]",)]
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        node = None
+        if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+            nodes = doc.get("nodes")
+            if isinstance(nodes, list) and loc[1] < len(nodes) and isinstance(nodes[loc[1]], dict):
+                node = nodes[loc[1]].get("id")
+        message, hint = _describe(err)
+        problems.append(Problem(message, file=file, field=field or None, node=node, hint=hint))
+    return problems
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str | None]:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field", "remove it or check its spelling (see `fanflow guide`)"
+    if kind == "missing":
+        return "required field is missing", None
+    if kind == "string_pattern_mismatch" and err["loc"][-1] == "id":
+        return (
+            f"invalid node id {err.get('input')!r}",
+            "ids start with a letter or _ and contain letters, digits, _ or -",
+        )
+    return err["msg"], None
+
+
+def load_workflow(source: str | Path | dict[str, Any]) -> Workflow:
+    """Load and fully validate a workflow from a path or an in-memory dict."""
+    from fanflow.ir.validate import validate_workflow
+
+    if isinstance(source, dict):
+        workflow = parse_workflow(source, None)
+    else:
+        workflow = parse_workflow(read_document(source), str(source))
+    validate_workflow(workflow)
+    return workflow

@@ -1,0 +1,175 @@
+"""Every static check, run before anything executes. All problems are reported at once."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from fanflow import templates
+from fanflow.errors import Problem, WorkflowInvalid
+from fanflow.graph import BATCH_VARS, build_graph
+from fanflow.ir.model import Workflow
+from fanflow.nodes import registry
+
+BATCH_OUTPUTS = ("results", "count", "success_count", "error_count", "errors", "batch_metadata")
+ALWAYS_OUTPUTS = ("error",)  # written when a failure is routed to an `error` edge
+
+
+def did_you_mean(name: str, candidates: list[str] | set[str]) -> str | None:
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _hint(name: str, candidates: Any, fallback: str) -> str:
+    return did_you_mean(name, candidates) or fallback
+
+
+def validate_workflow(workflow: Workflow) -> Workflow:
+    """Raise WorkflowInvalid with every problem; on success attach the graph and warnings."""
+    file = workflow.source
+    problems: list[Problem] = []
+    add = problems.append
+    ids = [n.id for n in workflow.nodes]
+    id_set = set(ids)
+    inputs = set(workflow.inputs)
+
+    seen: set[str] = set()
+    for i, node in enumerate(workflow.nodes):
+        if node.id in seen:
+            add(Problem(f"duplicate node id '{node.id}'", file, f"nodes[{i}].id", node.id,
+                        "every node needs a unique id"))  # fmt: skip
+        seen.add(node.id)
+        if node.id in inputs:
+            add(Problem(f"node id '{node.id}' is also the name of an input", file,
+                        f"nodes[{i}].id", node.id, "rename the node or the input"))  # fmt: skip
+
+    classes: dict[str, Any] = {}
+    for i, node in enumerate(workflow.nodes):
+        try:
+            classes[node.id] = registry.get_node_class(node.type)
+        except KeyError:
+            add(Problem(f"unknown node type '{node.type}'", file, f"nodes[{i}].type", node.id,
+                        _hint(node.type, registry.known_types(),
+                              "run `fanflow nodes` to list node types")))  # fmt: skip
+        except Exception as exc:
+            add(Problem(f"cannot load node type '{node.type}': {exc}", file,
+                        f"nodes[{i}].type", node.id))  # fmt: skip
+
+    for i, edge in enumerate(workflow.edges):
+        for end, name in (("from", edge.from_), ("to", edge.to)):
+            if name not in id_set:
+                add(Problem(f"edge {end} unknown node '{name}'", file, f"edges[{i}].{end}",
+                            None, _hint(name, id_set, "edges must name existing node ids")))  # fmt: skip
+    if workflow.start_node and workflow.start_node not in id_set:
+        add(Problem(f"start_node '{workflow.start_node}' is not a node", file, "start_node",
+                    None, _hint(workflow.start_node, id_set, "name an existing node id")))  # fmt: skip
+
+    # Parameters against the node type's declared interface, and template syntax.
+    compiled_ok = True
+    for i, node in enumerate(workflow.nodes):
+        cls = classes.get(node.id)
+        spec = getattr(cls, "params_spec", None) or {}
+        if spec:
+            for key in node.params:
+                if key not in spec:
+                    add(Problem(f"unknown parameter '{key}' for node type '{node.type}'", file,
+                                f"nodes[{i}].params.{key}", node.id,
+                                _hint(key, spec, f"`fanflow nodes {node.type}` lists them")))  # fmt: skip
+            for key, param in spec.items():
+                if param.required and key not in node.params:
+                    add(Problem(f"missing required parameter '{key}'", file,
+                                f"nodes[{i}].params", node.id,
+                                f"add \"{key}\": … ({param.description or param.type})"))  # fmt: skip
+        for where, value in (
+            ("params", node.params),
+            ("batch.items", getattr(node.batch, "items", None)),
+        ):
+            try:
+                templates.compile_value(value)
+            except templates.TemplateSyntaxError as exc:
+                compiled_ok = False
+                add(Problem(str(exc), file, f"nodes[{i}].{where}", node.id))
+        if node.batch and isinstance(node.batch.items, str):
+            compiled = templates.compile_value(node.batch.items) if compiled_ok else None
+            if compiled is not None and not isinstance(compiled, templates.Template):
+                add(Problem("batch items must be a list or a ${...} template", file,
+                            f"nodes[{i}].batch.items", node.id,
+                            "e.g. \"items\": \"${list_files.stdout}\" or [\"a\", \"b\"]"))  # fmt: skip
+    for name, out in workflow.outputs.items():
+        try:
+            templates.compile_value(out.source)
+        except templates.TemplateSyntaxError as exc:
+            compiled_ok = False
+            add(Problem(str(exc), file, f"outputs.{name}.source"))
+
+    if problems or not compiled_ok:
+        raise WorkflowInvalid(problems)
+
+    graph = build_graph(workflow)
+
+    # Template references: a known input, node or batch variable, and an output the node makes.
+    def check_ref(ref: templates.Ref, field: str, node_id: str | None, local: set[str]) -> None:
+        if ref.root in local or ref.root in inputs:
+            return
+        if ref.root not in id_set:
+            add(Problem(f"template ${{{ref.text}}} names unknown node or input '{ref.root}'",
+                        file, field, node_id,
+                        _hint(ref.root, id_set | inputs | local,
+                              "declare it under 'inputs' or name an existing node")))  # fmt: skip
+            return
+        key = ref.first_key
+        if key is None:
+            return
+        spec = graph.specs[ref.root]
+        if spec.batch is not None:
+            known = set(BATCH_OUTPUTS)
+        else:
+            known = set(getattr(classes.get(ref.root), "outputs_spec", None) or {})
+        if known and key not in known and key not in ALWAYS_OUTPUTS:
+            add(Problem(f"node '{ref.root}' ({spec.type}) has no output '{key}'", file, field,
+                        node_id, _hint(key, known, "outputs: " + ", ".join(sorted(known)))))  # fmt: skip
+
+    for i, node in enumerate(workflow.nodes):
+        local = {node.batch.as_, *BATCH_VARS} if node.batch else set()
+        for path, ref in templates.iter_refs(graph.params[node.id], "params"):
+            check_ref(ref, f"nodes[{i}].{path}", node.id, local)
+        for path, ref in templates.iter_refs(graph.batch_items.get(node.id), "batch.items"):
+            check_ref(ref, f"nodes[{i}].{path}", node.id, set())
+    for name, out in workflow.outputs.items():
+        for _path, ref in templates.iter_refs(templates.compile_value(out.source)):
+            check_ref(ref, f"outputs.{name}.source", None, set())
+
+    # Loops must be closed by a non-default action edge; no fan-out inside a loop.
+    for comp in graph.components:
+        if not comp.is_loop:
+            continue
+        members = set(comp.nodes)
+        internal = [e for n in comp.nodes for e in graph.out_edges[n] if e.dst in members]
+        cycle = " → ".join([*comp.nodes, comp.nodes[0]])
+        if not any(e.action != "default" for e in internal):
+            what = "default edges" if internal else "template reads"
+            add(Problem(f"cycle of {what}: {cycle}", file, "edges", comp.nodes[0],
+                        "a loop must be closed by an edge with a non-default action "
+                        "(e.g. {\"from\": \"review\", \"to\": \"draft\", \"action\": \"revise\"}); "
+                        "otherwise remove the edge that closes the cycle"))  # fmt: skip
+        for n in comp.nodes:
+            by_action: dict[str, int] = {}
+            for e in graph.out_edges[n]:
+                if e.dst in members:
+                    by_action[e.action] = by_action.get(e.action, 0) + 1
+            for action, count in by_action.items():
+                if count > 1:
+                    add(Problem(f"node '{n}' fans out on action '{action}' inside the loop {cycle}",
+                                file, "edges", n, "inside a loop each action has one successor; "
+                                "move the fan-out after the loop"))  # fmt: skip
+
+    if problems:
+        raise WorkflowInvalid(problems)
+    workflow._graph = graph
+    workflow._warnings = [
+        f"node '{reader}' reads '{src}' but has no edge from '{src}' "
+        f"(fanflow waits for '{src}' anyway; add the edge to make it explicit)"
+        for reader, src in graph.missing_edges()
+        if not graph.implicit_chain
+    ]
+    return workflow
