@@ -781,6 +781,8 @@ class CheckpointWriter:
 
             whash, nhashes = workflow_hashes(workflow)
             ihash = inputs_hash(inputs or {})
+        # A fresh run without an explicit id follows the id the engine announces in run_started.
+        self._adopt_id = resume is None and run_id is None
         if resume is not None:
             self.run_id = resume.run_id
             prev = store.get_run(self.run_id)
@@ -887,6 +889,7 @@ class CheckpointWriter:
         started_rows: dict[str, tuple] = {}
         finished_rows: dict[str, tuple] = {}
         item_rows: list[tuple] = []
+        rename: tuple[str, str] | None = None
         for e in batch:
             kind = e.kind
             if e.data.get("resumed"):
@@ -952,15 +955,38 @@ class CheckpointWriter:
                 ws = e.data.get("wall_start")
                 if isinstance(ws, int | float):
                     self._wall_offset = off = ws - e.t
+                engine_id = e.data.get("run_id")
+                if self._adopt_id and engine_id and engine_id != rid:
+                    self._adopt_id = False
+                    if conn.execute("SELECT 1 FROM runs WHERE id=?", (engine_id,)).fetchone():
+                        self._report(f"run id {engine_id} already exists; stored as {rid}")
+                    else:
+                        rename = (rid, str(engine_id))
+                        rid = str(engine_id)
             elif kind == ev.RUN_FINISHED:
                 self._finished_event = e
-        with transaction(conn):
-            if started_rows:
-                conn.executemany(_NODE_STARTED_SQL, started_rows.values())
-            if finished_rows:
-                conn.executemany(_NODE_FINISHED_SQL, finished_rows.values())
-            if item_rows:
-                conn.executemany(_ITEM_SQL, item_rows)
+        try:
+            with transaction(conn):
+                if rename is not None:
+                    self._rename(conn, *rename)
+                if started_rows:
+                    conn.executemany(_NODE_STARTED_SQL, started_rows.values())
+                if finished_rows:
+                    conn.executemany(_NODE_FINISHED_SQL, finished_rows.values())
+                if item_rows:
+                    conn.executemany(_ITEM_SQL, item_rows)
+        except BaseException:
+            if rename is not None:
+                self._adopt_id = True  # the retry renames again
+            raise
+        if rename is not None:
+            self.run_id = rename[1]
+
+    def _rename(self, conn: sqlite3.Connection, old: str, new: str) -> None:
+        """The engine announced its own run id (the caller did not pass ours to the runner):
+        adopt it, so that the id the user sees is the one the store knows."""
+        for table, col in (("runs", "id"), ("nodes", "run_id"), ("items", "run_id")):
+            conn.execute(f"UPDATE {table} SET {col}=? WHERE {col}=?", (new, old))
 
     def _finish(self, conn: sqlite3.Connection) -> None:
         e = self._finished_event
