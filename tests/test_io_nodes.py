@@ -457,3 +457,15 @@ def test_mock_http_control_endpoints(mock):
         assert c.post("/reset").json() == {"ok": True}
         assert c.get("/stats").json()["total"] == 0
         assert json.loads(c.get("/nope").text)["error"]
+
+
+def test_llm_node_type_limit(mock):
+    limits = LimitRegistry({"node:llm": {"concurrency": 3}})
+
+    async def go(ctx: RunContext) -> None:
+        await asyncio.gather(
+            *(run_node(LlmNode, ctx, {"prompt": "[delay=0.2] a"}) for _ in range(9))
+        )
+
+    run(go, limits=limits)
+    assert mock.stats()["max_in_flight"] == 3

@@ -287,3 +287,13 @@ def test_normalize_limits_forms_and_errors():
         normalize_limits({"llm:openai": {"concurrency": -1}})
     with pytest.raises(LimitConfigError):
         normalize_limits({"llm:openai": [1, 2]})
+
+
+def test_limit_errors_are_user_errors_with_exit_2():
+    from fanflow.errors import EXIT_INVALID, WorkflowInvalid
+
+    with pytest.raises(WorkflowInvalid) as err:
+        parse_limit_spec("llm:openai=lots")
+    assert err.value.exit_code == EXIT_INVALID
+    assert isinstance(err.value, ValueError)
+    assert err.value.problems[0].field == "limits"

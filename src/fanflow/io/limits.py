@@ -36,13 +36,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from fanflow.errors import Problem, WorkflowInvalid
+
 DEFAULT_WINDOW = 60.0  # seconds; "rpm" is starts per window
 
 _KEY_RE = re.compile(r"^[a-z][a-z0-9_-]*:\S+$")
 
 
-class LimitConfigError(ValueError):
-    """A limits section or a --limit/FANFLOW_LIMITS spec is malformed (a user error)."""
+class LimitConfigError(WorkflowInvalid, ValueError):
+    """A limits section or a --limit/FANFLOW_LIMITS spec is malformed: a user error, so it is a
+    WorkflowInvalid (exit 2, no traceback) wherever it surfaces."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__([Problem(message, field="limits")])
 
 
 # --------------------------------------------------------------------------- config parsing

@@ -53,6 +53,9 @@ class HttpNode(AsyncNode):
         "response_headers": "object",
     }
     default_attempts = 3
+    # This node acquires its own limits (resource keys and node:http) around the request only,
+    # so the engine must not also take node:http around the whole execution.
+    limits_managed: ClassVar[bool] = True
 
     async def exec_async(self, prep_res: Any) -> dict[str, Any]:
         p = prep_res or {}
@@ -77,7 +80,11 @@ class HttpNode(AsyncNode):
 
         client = get_http_client(self.ctx)
         limits = self.ctx.limits
-        guard = limits.acquire(*limits.keys_for_http(url)) if limits else NULL_LIMIT
+        guard = (
+            limits.acquire(*limits.keys_for_http(url), *limits.keys_for_node("http"))
+            if limits
+            else NULL_LIMIT
+        )
         async with guard:  # held for the request only, never across the engine's retry wait
             try:
                 resp = await client.request(method, url, **kwargs)

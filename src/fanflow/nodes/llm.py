@@ -36,6 +36,9 @@ class LlmNode(AsyncNode):
         "llm_usage": "{model, input_tokens, output_tokens, total_tokens}",
     }
     default_attempts = 3
+    # This node acquires its own limits (resource keys and node:llm) around the request only,
+    # so the engine must not also take node:llm around the whole execution.
+    limits_managed: ClassVar[bool] = True
 
     @classmethod
     def preflight(cls, params: dict[str, Any]) -> str | None:
@@ -59,7 +62,12 @@ class LlmNode(AsyncNode):
         provider_name, model = resolve_model(p.get("model"))
         provider = get_provider(self.ctx, provider_name)
         limits = self.ctx.limits
-        guard = limits.acquire(*limits.keys_for_llm(provider_name, model)) if limits else NULL_LIMIT
+        keys = (
+            limits.keys_for_llm(provider_name, model) + limits.keys_for_node("llm")
+            if limits
+            else []
+        )
+        guard = limits.acquire(*keys) if keys else NULL_LIMIT
         async with guard:  # held for the call only, never across the engine's retry wait
             text, usage = await provider.complete(
                 prompt, system or None, model, temperature, max_tokens, timeout=timeout
