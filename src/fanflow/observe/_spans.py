@@ -22,6 +22,10 @@ from fanflow.engine.events import (
     Event,
 )
 
+# Internal record kinds next to the public event kinds.
+RESUMED = "resumed"
+HANDLED = "node_finished_handled"
+
 ERROR_CHARS = 500  # long tracebacks would bloat the trace; the head says what went wrong
 
 
@@ -53,6 +57,7 @@ class Span:
     attempts: Any = None
     error: Any = None
     batch: int | None = None  # item count, for the run of a batch node
+    handled: bool = False  # failed, but an `error` edge took it (the run went on)
     retries: list[Retry] = field(default_factory=list)
 
     @property
@@ -73,6 +78,7 @@ class Built:
     skips: list[Skip]
     t0: float
     t_end: float
+    resumed: list[Skip] = field(default_factory=list)  # completed in an earlier run, replayed
 
 
 class Recorder:
@@ -89,6 +95,12 @@ class Recorder:
         kind = event.kind
         if kind in (NODE_FINISHED, ITEM_FINISHED):
             d = event.data
+            if d.get("resumed"):  # replayed from an earlier run: nothing ran here
+                self.records.append((RESUMED, event.t, event.node, None))
+                return
+            # A failure taken by an `error` edge is not a run failure: remember it was handled.
+            if kind == NODE_FINISHED and d.get("handled"):
+                kind = HANDLED
             self.records.append(
                 (
                     kind,
@@ -102,6 +114,8 @@ class Recorder:
                 )
             )
         elif kind == NODE_STARTED:
+            if event.data.get("resumed"):
+                return
             self.records.append((kind, event.t, event.node, None, event.data.get("batch")))
         elif kind == ITEM_STARTED:
             self.records.append((kind, event.t, event.node, event.item))
@@ -170,6 +184,7 @@ class Recorder:
 
         spans: list[Span] = []
         skips: list[Skip] = []
+        resumed: list[Skip] = []
         open_nodes: dict[str, list[Span]] = {}
         open_items: dict[tuple[str, int | None], Span] = {}
         for rec in records:
@@ -182,12 +197,13 @@ class Recorder:
                 span = Span(node, rec[3], t)
                 spans.append(span)
                 open_items[(node, rec[3])] = span
-            elif kind == NODE_FINISHED:
+            elif kind in (NODE_FINISHED, HANDLED):
                 runs = open_nodes.get(node)
                 if not runs:
                     continue  # replayed on resume: it did not run in this process
                 span = runs.pop(0)
                 span.end, span.status, span.action, span.attempts, span.error = t, *rec[4:8]
+                span.handled = kind == HANDLED
             elif kind == ITEM_FINISHED:
                 span = open_items.pop((node, rec[3]), None)
                 if span is None:
@@ -203,13 +219,15 @@ class Recorder:
                     target.retries.append(Retry(t, rec[4], short_error(rec[5]), rec[6]))
             elif kind == NODE_SKIPPED:
                 skips.append(Skip(node, t, rec[4]))
+            elif kind == RESUMED:
+                resumed.append(Skip(node, t, "resumed"))
         # Executions cut short (crash, interrupt without finish events) end with the run.
         for span in spans:
             if span.end is None:
                 span.end = max(t_end, span.start)
             elif span.end > t_end:
                 t_end = span.end
-        return Built(spans, skips, t0, t_end)
+        return Built(spans, skips, t0, t_end, resumed)
 
 
 def pack_lanes(spans: list[Span]) -> list[int]:

@@ -193,6 +193,8 @@ class _ProgressBase:
             b.running += 1
         elif kind == NODE_STARTED:
             node = e.node or "?"
+            if e.data.get("resumed"):
+                return  # replayed from an earlier run; its finish line says so
             self.running[node] = e.t
             count = e.data.get("batch")
             if count is not None:
@@ -202,6 +204,10 @@ class _ProgressBase:
                 self._line(f"{g['start']} {node}", "dim")
         elif kind == NODE_FINISHED:
             node = e.node or "?"
+            if e.data.get("resumed"):
+                self.done += 1
+                self._line(f"{g['ok']} {node} (resumed: completed by an earlier run)", "dim")
+                return
             start = self.running.pop(node, None)
             dur = fmt_duration(e.t - start) if start is not None else "-"
             b = self.batches.pop(node, None)
@@ -222,6 +228,8 @@ class _ProgressBase:
             else:
                 self.failed += 1
                 err = _first_line(d.get("error")) if d.get("error") else status or "failed"
+                if d.get("handled"):
+                    err += " (handled by its error edge)"
                 self._line(f"{g['fail']} {node} {dur}{note}: {err}", "red")
         elif kind == NODE_SKIPPED:
             self.done += 1

@@ -83,10 +83,12 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
     runs_by_node: dict[str, int] = {}
     for s in node_runs:
         wall_by_node[s.node] = wall_by_node.get(s.node, 0.0) + s.duration
-        status_by_node[s.node] = s.status
+        status_by_node[s.node] = "handled" if s.handled else s.status
         runs_by_node[s.node] = runs_by_node.get(s.node, 0) + 1
     for sk in built.skips:
         status_by_node.setdefault(sk.node, "skipped")
+    for sk in built.resumed:
+        status_by_node.setdefault(sk.node, "resumed")
 
     counts: dict[str, int] = {}
     for st in status_by_node.values():
@@ -113,6 +115,8 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
             f: dict[str, Any] = {"node": s.node}
             if s.item is not None:
                 f["item"] = s.item
+            if s.handled:
+                f["handled"] = True
             f["error"] = short_error(s.error, 300)
             failures.append(f)
 
@@ -221,6 +225,8 @@ def format_summary(d: dict[str, Any]) -> str:
         lines.append("  " + ", ".join(extra))
     for f in d.get("failures") or []:
         where = f["node"] + (f"[{f['item']}]" if "item" in f else "")
+        if f.get("handled"):
+            where += " (handled by its error edge)"
         err = (f.get("error") or "").splitlines()
         lines.append(f"  failed {where}: {err[0] if err else 'error'}"[:200])
     return "\n".join(lines)

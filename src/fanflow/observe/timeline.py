@@ -95,7 +95,7 @@ def _collect(events: list[dict[str, Any]]) -> tuple[list[_Lane], list[tuple[floa
         lane.sort = sorts.get(key, key[1] if isinstance(key[1], int | float) else 0)
         if any(s.get("cat") == "item" for s in lane.spans):
             lane.kind = "item"
-        elif not lane.spans and all(m.get("cat") == "skip" for m in lane.marks):
+        elif not lane.spans and all(m.get("cat") in ("skip", "resumed") for m in lane.marks):
             lane.kind = "skip"
     ordered = sorted(lanes.values(), key=lambda ln: (ln.sort, str(ln.tid)))
     counter.sort()
@@ -247,7 +247,18 @@ def render_timeline(trace: dict[str, Any]) -> str:
                 f"{m.get('name')} at {_fmt_dur(float(m.get('ts', 0)))}\n"
                 + "\n".join(f"{k}: {v}" for k, v in (m.get("args") or {}).items())
             )
-            if m.get("cat") == "skip":
+            if m.get("cat") == "resumed":  # completed by an earlier run: a grey dot
+                w(
+                    f"<g><title>{tip}</title><circle cx='{mx:.2f}' cy='{cy:.2f}' r='{r:.2f}' "
+                    f"fill='#bbb'/>"
+                )
+                if show_labels:
+                    w(
+                        f'<text class="mark" x="{mx + r + 3:.2f}" y="{cy + 4:.2f}">'
+                        f"{_esc(m.get('name'))}</text>"
+                    )
+                w("</g>")
+            elif m.get("cat") == "skip":
                 w(
                     f"<g><title>{tip}</title><path d='M{mx:.2f},{cy - r:.2f}L{mx + r:.2f},{cy:.2f}"
                     f"L{mx:.2f},{cy + r:.2f}L{mx - r:.2f},{cy:.2f}z' fill='#fff' stroke='#888' "

@@ -3,8 +3,8 @@
 Layout: one process; node runs packed into lanes `lane 1..k` (concurrent spans never share a
 lane, so the lane count is the peak node-level concurrency); each batch node's items packed into
 lanes of their own (`work items 1..m`) sorted right after the node lanes in the order the batches
-started. Skips and retries are instant events; `in_flight` is a counter track of leaf executions
-(node runs that are not batches, plus batch items).
+started. Skips, resumed nodes (completed by an earlier run) and retries are instant events;
+`in_flight` is a counter track of leaf executions (node runs that are not batches, plus items).
 
 Only ids, statuses, actions, counts and (truncated) error text go into the file: never inputs,
 params, outputs or item values, which can hold secrets.
@@ -22,6 +22,7 @@ from fanflow.observe._spans import Built, Recorder, Span, pack_lanes, short_erro
 
 PID = 1
 SKIP_LANE_NAME = "skipped"
+RESUMED_LANE_NAME = "resumed"
 
 
 def _us(t: float, t0: float) -> float:
@@ -83,6 +84,8 @@ def _span_args(span: Span) -> dict[str, Any]:
         args["attempts"] = span.attempts
     if span.retries:
         args["retries"] = len(span.retries)
+    if span.handled:
+        args["handled"] = True  # taken by an `error` edge; the run went on
     if span.error is not None:
         args["error"] = short_error(span.error)
     return args
@@ -176,21 +179,28 @@ def build_trace(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
                 }
             )
 
-    if built.skips:
-        skip_tid = next_tid
-        lane_meta(skip_tid, SKIP_LANE_NAME, skip_tid)
-        for sk in built.skips:
-            args = {"status": "skipped"}
-            if sk.reason:
+    # Nodes that did not run here get instant events in lanes of their own.
+    for marks, lane_name, cat in (
+        (built.skips, SKIP_LANE_NAME, "skip"),
+        (built.resumed, RESUMED_LANE_NAME, "resumed"),
+    ):
+        if not marks:
+            continue
+        tid = next_tid
+        next_tid += 1
+        lane_meta(tid, lane_name, tid)
+        for sk in marks:
+            args = {"status": "skipped" if cat == "skip" else "resumed"}
+            if sk.reason and cat == "skip":
                 args["reason"] = short_error(sk.reason, 200)
             events.append(
                 {
                     "ph": "i",
                     "s": "t",
-                    "cat": "skip",
+                    "cat": cat,
                     "name": sk.node,
                     "pid": PID,
-                    "tid": skip_tid,
+                    "tid": tid,
                     "ts": _us(sk.t, t0),
                     "args": args,
                 }
