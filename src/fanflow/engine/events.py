@@ -46,7 +46,7 @@ class EventBus:
         self.listeners.append(listener)
 
     def emit(
-        self, kind: str, node: str | None = None, item: int | None = None, **data: Any
+        self, kind: str, node: str | None = None, item: int | None = None, /, **data: Any
     ) -> None:
         if not self.listeners:
             return
