@@ -181,7 +181,7 @@ def render_timeline(trace: dict[str, Any]) -> str:
     )
     w(
         "<defs><marker id='arr' viewBox='0 0 6 6' refX='5' refY='3' markerWidth='6' "
-        "markerHeight='6' orient='auto-start-reverse'><path d='M0,0L6,3L0,6z' fill='#555'/>"
+        "markerHeight='6' orient='auto-start-reverse'><path d='M0,0L6,3L0,6z' fill='#333'/>"
         "</marker></defs>"
     )
     # Lane backgrounds: item lanes tinted so a batch's items read as a block under the nodes.
@@ -301,10 +301,13 @@ def render_timeline(trace: dict[str, Any]) -> str:
                 if abs(y1 - y2) < 0.5 and x2 - x1 < 2:
                     continue  # same lane, back to back: the bars already touch
                 mid = (x1 + x2) / 2 if x2 - x1 > 12 else x1 + 6
+                # A dot where the dependency ended: the fan-out reads as one dot, many arrows.
                 w(
+                    f"<g><title>{_esc(dep)} → {_esc(s.get('name'))}</title>"
+                    f"<circle cx='{x1:.2f}' cy='{y1:.2f}' r='2.5' fill='#333'/>"
                     f"<path d='M{x1:.2f},{y1:.2f}C{mid:.2f},{y1:.2f} {mid:.2f},{y2:.2f} "
-                    f"{x2:.2f},{y2:.2f}' fill='none' stroke='#555' stroke-opacity='0.55' "
-                    f"stroke-width='1.2' marker-end='url(#arr)'/>"
+                    f"{x2:.2f},{y2:.2f}' fill='none' stroke='#333' stroke-opacity='0.75' "
+                    f"stroke-width='1.4' marker-end='url(#arr)'/></g>"
                 )
     w(
         f'<line x1="{GUTTER}" y1="{top + chart_h:.2f}" x2="{GUTTER + plot_w}" '
