@@ -25,7 +25,8 @@ Endpoints
 ``GET  /slow?seconds=S``       answers JSON after S seconds.
 ``GET  /stats``                ``max_in_flight``, ``in_flight``, ``total``, ``failed_injected``,
     ``delay`` and ``requests``: one record per work request ``{id, path, start, end, status,
-    dropped}`` (``time.time()`` seconds; ``dropped`` = the client closed the connection first).
+    dropped}`` (``time.time()`` seconds; ``dropped`` = the client closed the connection first),
+    plus ``model`` for LLM requests.
 ``POST /control``              JSON ``{"fail_next": N, "fail_status": 429, "retry_after": 1.0,
     "delay": 0.5}`` (all optional): the next N LLM requests fail with that status (and Retry-After
     header when given); ``delay`` changes the default delay.
@@ -138,7 +139,7 @@ class _Server:
                 "total": self.total,
                 "failed_injected": self.failed_injected,
                 "delay": self.default_delay,
-                "requests": [dict(r) for r in self.requests],
+                "requests": [{k: v for k, v in r.items() if k != "task"} for r in self.requests],
             }
 
     def control(self, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +264,7 @@ class _Server:
             "end": None,
             "status": None,
             "dropped": False,
+            "task": asyncio.current_task(),
         }
         with self.lock:
             self.total += 1
@@ -361,6 +363,11 @@ class _Server:
         if payload.get("stream"):
             return _json(400, {"error": {"message": "the mock does not stream"}})
         model = str(payload.get("model", "mock"))
+        with self.lock:
+            for rec in reversed(self.requests):  # tag this request's record for tests
+                if rec.get("task") is asyncio.current_task():
+                    rec["model"] = model
+                    break
         messages = payload.get("messages") or []
         prompt = _last_user_text(messages)
         system = payload.get("system") if anthropic else _system_text(messages)
