@@ -1,7 +1,7 @@
 """Engine overhead and parallel speed, printed as ratios to the ideal (issues 2 and 3).
 
-    python bench/bench_engine.py            # full sizes
-    python bench/bench_engine.py --quick    # small sizes (used by the test suite's smoke run)
+python bench/bench_engine.py            # full sizes
+python bench/bench_engine.py --quick    # small sizes (used by the test suite's smoke run)
 """
 
 from __future__ import annotations
@@ -38,12 +38,17 @@ fanflow.register_node(Sleep)
 
 
 def chain(n: int) -> dict[str, Any]:
-    return {"ir_version": "0.1.0", "nodes": [{"id": f"n{i}", "type": "bench-noop"} for i in range(n)]}
+    return {
+        "ir_version": "0.1.0",
+        "nodes": [{"id": f"n{i}", "type": "bench-noop"} for i in range(n)],
+    }
 
 
 def fan_out(k: int, seconds: float) -> dict[str, Any]:
     nodes = [{"id": "start", "type": "bench-noop"}, {"id": "join", "type": "bench-noop"}]
-    nodes += [{"id": f"b{i}", "type": "bench-sleep", "params": {"seconds": seconds}} for i in range(k)]
+    nodes += [
+        {"id": f"b{i}", "type": "bench-sleep", "params": {"seconds": seconds}} for i in range(k)
+    ]
     edges = [{"from": "start", "to": f"b{i}"} for i in range(k)]
     edges += [{"from": f"b{i}", "to": "join"} for i in range(k)]
     return {"ir_version": "0.1.0", "nodes": nodes, "edges": edges}
@@ -55,7 +60,11 @@ def diamond() -> dict[str, Any]:
 
     nodes = [s("A", 0), s("B", 0.3), s("C", 0.1), s("D", 0.3), s("E", 0)]
     pairs = [("A", "B"), ("A", "C"), ("C", "D"), ("B", "E"), ("D", "E")]
-    return {"ir_version": "0.1.0", "nodes": nodes, "edges": [{"from": a, "to": b} for a, b in pairs]}
+    return {
+        "ir_version": "0.1.0",
+        "nodes": nodes,
+        "edges": [{"from": a, "to": b} for a, b in pairs],
+    }
 
 
 def batch(n: int, node_type: str, params: dict[str, Any], cap: int) -> dict[str, Any]:
@@ -78,7 +87,9 @@ def measure(doc: dict[str, Any], repeats: int) -> list[float]:
 
 def row(name: str, times: list[float], ideal: float | None = None, per: int | None = None) -> str:
     med = statistics.median(times)
-    text = f"{name:<42} median {med * 1000:9.1f} ms  [{min(times) * 1000:.1f}–{max(times) * 1000:.1f}]"
+    text = (
+        f"{name:<42} median {med * 1000:9.1f} ms  [{min(times) * 1000:.1f}–{max(times) * 1000:.1f}]"
+    )
     if per:
         text += f"  {med / per * 1e6:7.1f} µs/unit"
     if ideal:

@@ -17,7 +17,7 @@ STAMP = "date +%s.%N"
 
 def timed(seconds: float, label: str) -> str:
     """A shell command printing its start and end wall-clock times."""
-    return f"s=$({STAMP}); sleep {seconds}; e=$({STAMP}); echo \"$s $e {label}\""
+    return f's=$({STAMP}); sleep {seconds}; e=$({STAMP}); echo "$s $e {label}"'
 
 
 def spans(result_json: dict) -> dict[str, tuple[float, float]]:
@@ -39,7 +39,9 @@ def test_uneven_diamond_runs_dataflow_not_supersteps(write_wf):
     ]
     edges = [("A", "B"), ("A", "C"), ("C", "D"), ("B", "E"), ("D", "E")]
     outputs = {k: {"source": f"${{{k}.stdout}}"} for k in "BCDE"}
-    res = run_cli("run", str(write_wf(wf(nodes, edges, outputs=outputs))), "--output-format", "json")
+    res = run_cli(
+        "run", str(write_wf(wf(nodes, edges, outputs=outputs))), "--output-format", "json"
+    )
     assert res.code == 0, res.stderr
     s = spans(res.json)
     assert s["B"][0] < s["C"][1] and s["C"][0] < s["B"][1], "B and C overlap"
@@ -51,7 +53,10 @@ def test_join_runs_exactly_once(write_wf, tmp_path):
     log = tmp_path / "join.log"
     nodes = [
         {"id": "start", "type": "shell", "params": {"command": "true"}},
-        *[{"id": f"b{i}", "type": "shell", "params": {"command": f"sleep 0.{i}"}} for i in range(1, 4)],
+        *[
+            {"id": f"b{i}", "type": "shell", "params": {"command": f"sleep 0.{i}"}}
+            for i in range(1, 4)
+        ],
         {"id": "join", "type": "shell", "params": {"command": f"echo ran >> {log}"}},
     ]
     edges = [("start", f"b{i}") for i in range(1, 4)] + [(f"b{i}", "join") for i in range(1, 4)]
@@ -63,12 +68,24 @@ def test_join_runs_exactly_once(write_wf, tmp_path):
 def test_or_join_after_if_else_runs_once_and_skips_the_other_branch(write_wf, tmp_path):
     log = tmp_path / "log"
     nodes = [
-        {"id": "decide", "type": "code", "params": {"code": "next = 'big' if n > 5 else 'small'\nresult = n", "inputs": {"n": "${n}"}}},
+        {
+            "id": "decide",
+            "type": "code",
+            "params": {
+                "code": "next = 'big' if n > 5 else 'small'\nresult = n",
+                "inputs": {"n": "${n}"},
+            },
+        },
         {"id": "big", "type": "shell", "params": {"command": f"echo big >> {log}; echo BIG"}},
         {"id": "small", "type": "shell", "params": {"command": f"echo small >> {log}; echo SMALL"}},
         {"id": "after", "type": "shell", "params": {"command": f"echo after >> {log}; echo done"}},
     ]
-    edges = [("decide", "big", "big"), ("decide", "small", "small"), ("big", "after"), ("small", "after")]
+    edges = [
+        ("decide", "big", "big"),
+        ("decide", "small", "small"),
+        ("big", "after"),
+        ("small", "after"),
+    ]
     doc = wf(nodes, edges, inputs={"n": {"type": "integer"}},
              outputs={"which": {"source": "${big.stdout ?? small.stdout}"}})  # fmt: skip
     path = write_wf(doc)
@@ -101,7 +118,14 @@ def test_reading_an_output_without_an_edge_is_still_a_dependency(write_wf):
 
 def test_no_edges_means_array_order(write_wf, tmp_path):
     log = tmp_path / "order"
-    nodes = [{"id": f"n{i}", "type": "shell", "params": {"command": f"sleep 0.0{3 - i}; echo {i} >> {log}"}} for i in range(3)]
+    nodes = [
+        {
+            "id": f"n{i}",
+            "type": "shell",
+            "params": {"command": f"sleep 0.0{3 - i}; echo {i} >> {log}"},
+        }
+        for i in range(3)
+    ]
     res = run_cli("run", str(write_wf(wf(nodes))))
     assert res.code == 0, res.stderr
     assert log.read_text().split() == ["0", "1", "2"]
@@ -110,11 +134,31 @@ def test_no_edges_means_array_order(write_wf, tmp_path):
 def test_revise_loop_runs_until_its_exit_action(write_wf):
     nodes = [
         {"id": "start", "type": "shell", "params": {"command": "echo begin"}},
-        {"id": "draft", "type": "code", "params": {"code": "result = prev + 1", "inputs": {"prev": "${review.result ?? 0}"}}},
-        {"id": "review", "type": "code", "params": {"code": "result = n\nnext = 'revise' if n < 3 else 'approve'", "inputs": {"n": "${draft.result}"}}},
-        {"id": "publish", "type": "shell", "params": {"command": "echo published ${review.result}"}},
+        {
+            "id": "draft",
+            "type": "code",
+            "params": {"code": "result = prev + 1", "inputs": {"prev": "${review.result ?? 0}"}},
+        },
+        {
+            "id": "review",
+            "type": "code",
+            "params": {
+                "code": "result = n\nnext = 'revise' if n < 3 else 'approve'",
+                "inputs": {"n": "${draft.result}"},
+            },
+        },
+        {
+            "id": "publish",
+            "type": "shell",
+            "params": {"command": "echo published ${review.result}"},
+        },
     ]
-    edges = [("start", "draft"), ("draft", "review"), ("review", "draft", "revise"), ("review", "publish", "approve")]
+    edges = [
+        ("start", "draft"),
+        ("draft", "review"),
+        ("review", "draft", "revise"),
+        ("review", "publish", "approve"),
+    ]
     doc = wf(nodes, edges, outputs={"out": {"source": "${publish.stdout}"}})
     res = run_cli("run", str(write_wf(doc)), "--output-format", "json")
     assert res.code == 0, res.stderr
@@ -135,7 +179,11 @@ def test_loop_without_exit_is_bounded(write_wf):
 def test_error_edge_handles_a_failure(write_wf):
     nodes = [
         {"id": "risky", "type": "shell", "params": {"command": "echo oops >&2; exit 3"}},
-        {"id": "recover", "type": "shell", "params": {"command": "echo recovered from ${risky.exit_code}"}},
+        {
+            "id": "recover",
+            "type": "shell",
+            "params": {"command": "echo recovered from ${risky.exit_code}"},
+        },
         {"id": "happy", "type": "shell", "params": {"command": "echo fine"}},
     ]
     doc = wf(nodes, [("risky", "recover", "error"), ("risky", "happy")],
@@ -159,7 +207,11 @@ def test_fail_fast_cancels_siblings_and_kills_their_grandchildren(write_wf, tmp_
     pidfile = tmp_path / "pid"
     nodes = [
         {"id": "start", "type": "shell", "params": {"command": "true"}},
-        {"id": "slow", "type": "shell", "params": {"command": f"sleep 30 & echo $! > {pidfile}; wait"}},
+        {
+            "id": "slow",
+            "type": "shell",
+            "params": {"command": f"sleep 30 & echo $! > {pidfile}; wait"},
+        },
         {"id": "bad", "type": "shell", "params": {"command": "sleep 0.5; echo broken >&2; exit 7"}},
         {"id": "after", "type": "shell", "params": {"command": "echo never"}},
     ]
@@ -214,7 +266,9 @@ def test_shell_values_are_data_never_code(write_wf, tmp_path):
     values = [v.format(d=tmp_path) for v in evil]
     nodes = [
         {"id": f"n{i}", "type": "shell", "params": {"command": cmd}}
-        for i, cmd in enumerate(["echo ${v}", 'echo "${v}"', "echo '${v}'", "printf '%s' \"x${v}y\""])
+        for i, cmd in enumerate(
+            ["echo ${v}", 'echo "${v}"', "echo '${v}'", "printf '%s' \"x${v}y\""]
+        )
     ]
     doc = wf(nodes, [], inputs={"v": {"type": "string"}},
              outputs={f"o{i}": {"source": f"${{n{i}.stdout}}"} for i in range(4)})  # fmt: skip
@@ -233,9 +287,20 @@ def test_max_concurrent_one_is_a_correct_sequential_run(write_wf, tmp_path):
     log = tmp_path / "log"
     nodes = [
         {"id": "s", "type": "shell", "params": {"command": "true"}},
-        *[{"id": f"b{i}", "type": "shell", "params": {"command": f"echo start >> {log}; sleep 0.1; echo end >> {log}"}} for i in range(4)],
-        {"id": "batch", "type": "shell", "params": {"command": f"echo start >> {log}; echo ${{item}}; echo end >> {log}"},
-         "batch": {"items": [1, 2, 3], "parallel": True, "max_concurrent": 3}},
+        *[
+            {
+                "id": f"b{i}",
+                "type": "shell",
+                "params": {"command": f"echo start >> {log}; sleep 0.1; echo end >> {log}"},
+            }
+            for i in range(4)
+        ],
+        {
+            "id": "batch",
+            "type": "shell",
+            "params": {"command": f"echo start >> {log}; echo ${{item}}; echo end >> {log}"},
+            "batch": {"items": [1, 2, 3], "parallel": True, "max_concurrent": 3},
+        },
     ]
     edges = [("s", f"b{i}") for i in range(4)] + [("s", "batch")]
     res = run_cli("run", str(write_wf(wf(nodes, edges))), "--max-concurrent", "1", timeout=60)
@@ -261,7 +326,9 @@ def test_inputs_are_typed_and_defaulted(write_wf):
         outputs={"types": {"source": "${typer.result}"}},
     )  # fmt: skip
     path = write_wf(doc)
-    res = run_cli("run", str(path), "a=3", "b=true", "c=[1,2]", 'd={"k": 1}', "--output-format", "json")
+    res = run_cli(
+        "run", str(path), "a=3", "b=true", "c=[1,2]", 'd={"k": 1}', "--output-format", "json"
+    )
     assert res.code == 0, res.stderr
     assert res.json["outputs"]["types"] == ["int", "bool", "list", "dict", "str"]
     res = run_cli("run", str(path), "a=three", "b=true", "c=[1,2]", "d={}")
@@ -270,14 +337,33 @@ def test_inputs_are_typed_and_defaulted(write_wf):
 
 def test_templates_keep_types_and_render_text(write_wf):
     nodes = [
-        {"id": "data", "type": "code", "params": {"code": "result = {'items': [{'name': 'x', 'n': 2}], 'ok': True}"}},
-        {"id": "use", "type": "code", "params": {"code": "result = [whole, first, text]",
-         "inputs": {"whole": "${data.result}", "first": "${data.result.items[0].n}",
-                    "text": "n=${data.result.items[0].n} all=${data.result.items}"}}},
+        {
+            "id": "data",
+            "type": "code",
+            "params": {"code": "result = {'items': [{'name': 'x', 'n': 2}], 'ok': True}"},
+        },
+        {
+            "id": "use",
+            "type": "code",
+            "params": {
+                "code": "result = [whole, first, text]",
+                "inputs": {
+                    "whole": "${data.result}",
+                    "first": "${data.result.items[0].n}",
+                    "text": "n=${data.result.items[0].n} all=${data.result.items}",
+                },
+            },
+        },
         {"id": "json_out", "type": "shell", "params": {"command": "echo '{\"a\": [10, 20]}'"}},
-        {"id": "index_json", "type": "code", "params": {"code": "result = v", "inputs": {"v": "${json_out.stdout.a[1]}"}}},
+        {
+            "id": "index_json",
+            "type": "code",
+            "params": {"code": "result = v", "inputs": {"v": "${json_out.stdout.a[1]}"}},
+        },
     ]
-    doc = wf(nodes, outputs={"u": {"source": "${use.result}"}, "j": {"source": "${index_json.result}"}})
+    doc = wf(
+        nodes, outputs={"u": {"source": "${use.result}"}, "j": {"source": "${index_json.result}"}}
+    )
     res = run_cli("run", str(write_wf(doc)), "--output-format", "json")
     assert res.code == 0, res.stderr
     whole, first, text = res.json["outputs"]["u"]
@@ -290,8 +376,16 @@ def test_templates_keep_types_and_render_text(write_wf):
 def test_file_nodes_round_trip(write_wf, tmp_path):
     target = tmp_path / "sub" / "out.txt"
     nodes = [
-        {"id": "w", "type": "write-file", "params": {"file_path": str(target), "content": "hello\n"}},
-        {"id": "a", "type": "write-file", "params": {"file_path": str(target), "content": "more", "append": True}},
+        {
+            "id": "w",
+            "type": "write-file",
+            "params": {"file_path": str(target), "content": "hello\n"},
+        },
+        {
+            "id": "a",
+            "type": "write-file",
+            "params": {"file_path": str(target), "content": "more", "append": True},
+        },
         {"id": "r", "type": "read-file", "params": {"file_path": "${a.file_path}"}},
     ]
     doc = wf(nodes, outputs={"c": {"source": "${r.content}"}})
