@@ -38,11 +38,11 @@ def dags(draw: st.DrawFn) -> dict[str, Any]:
             nodes.append(
                 {"id": f"c{i}", "type": "code", "params": {"code": code, "inputs": inputs}}
             )
-            value = "${c%d.result}" % i
+            value = f"${{c{i}.result}}"
         else:
             text = f"{i}(" + "".join(f"${{n{p}.value}}" for p in parents) + ")"
             nodes.append({"id": f"c{i}", "type": "shell", "params": {"command": f"echo '{text}'"}})
-            value = "${c%d.stdout}" % i
+            value = f"${{c{i}.stdout}}"
         delay = draw(st.sampled_from([0, 0.001, 0.005, 0.01]))
         nodes.append(
             {"id": f"n{i}", "type": "prop-jitter", "params": {"value": value, "delay": delay}}

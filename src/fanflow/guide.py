@@ -475,8 +475,9 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
 ## Batch: the same node over many items
 
 ```json
-"batch": {"items": "${find.result}", "as": "path", "parallel": true, "max_concurrent": 10,
-          "error_handling": "continue", "max_retries": 3, "retry_wait": 1}
+{"id": "summarise", "type": "llm", "params": {"prompt": "Summarise ${path}"},
+ "batch": {"items": "${find.result}", "as": "path", "parallel": true, "max_concurrent": 10,
+           "error_handling": "continue", "max_retries": 3, "retry_wait": 1}}
 ```
 
 - `items`: a `${...}` template giving a list, or an inline JSON list.
@@ -506,7 +507,7 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
 ## Pipeline form
 
 ```json
-"pipeline": [
+{"pipeline": [
   {"id": "fetch", "type": "http", "params": {"url": "${url}"}},
   {"parallel": [
     {"id": "fr", "type": "llm", "params": {"prompt": "French: ${fetch.response}"}},
@@ -514,7 +515,7 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
      {"id": "de_fix", "type": "llm", "params": {"prompt": "Fix: ${de.response}"}}]
   ]},
   {"id": "join", "type": "merge", "params": {"inputs": ["${fr.response}", "${de_fix.response}"]}}
-]
+]}
 ```
 
 - Steps run in order. A `{"parallel": [...]}` block runs its branches at the same time; a
