@@ -52,6 +52,7 @@ class Graph:
     components: list[Component]
     comp_of: dict[str, int]
     implicit_chain: bool  # no edges in the document: array order
+    static_params: set[str] = field(default_factory=set)  # nodes whose params hold no template
 
     def missing_edges(self) -> list[tuple[str, str]]:
         """(reader, source) pairs where a node reads another's output without an edge path."""
@@ -118,9 +119,10 @@ def build_graph(workflow: Workflow) -> Graph:
             comp.in_edges += [e for e in in_edges[n] if e.src not in members]
             comp.out_edges += [e for e in out_edges[n] if e.dst not in members]
             comp.data_deps |= {comp_of[r] for r in reads[n] if r not in members}
+    static = {i for i in ids if not templates.has_templates(params[i])}
     return Graph(
         workflow, ids, specs, params, batch_items, edges, out_edges, in_edges, reads, deps,
-        comps, comp_of, implicit_chain,
+        comps, comp_of, implicit_chain, static,
     )  # fmt: skip
 
 

@@ -96,6 +96,8 @@ class Runtime:
         raise templates.MissingValue(f"'{root}' is not an input or node", root)
 
     def render_params(self, node_id: str, compiled: Any, extra: dict[str, Any] | None) -> Any:
+        if node_id in self.graph.static_params and compiled is self.graph.params[node_id]:
+            return dict(compiled)  # no templates: skip the walk (a fresh dict per execution)
         if extra:
             lookup = self.lookup
 
