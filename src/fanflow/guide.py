@@ -413,9 +413,11 @@ Always run `fanflow validate` after writing a workflow and fix every problem it 
   "description": "optional, one line",
   "inputs":  {"dir": {"type": "string", "required": true, "description": "..."}},
   "nodes":   [{"id": "list", "type": "shell", "params": {"command": "ls ${dir}"},
-               "purpose": "optional note"}],
-  "edges":   [{"from": "list", "to": "next", "action": "default"}],
-  "outputs": {"files": {"source": "${list.stdout}"}}
+               "purpose": "optional note"},
+              {"id": "count", "type": "code", "params": {"code": "result = len(s.split())",
+                                                         "inputs": {"s": "${list.stdout}"}}}],
+  "edges":   [{"from": "list", "to": "count", "action": "default"}],
+  "outputs": {"files": {"source": "${count.result}"}}
 }
 ```
 
