@@ -135,7 +135,7 @@ def node_reference() -> str:
 # extracts them from the printed guide and validates them; the first runs offline.
 EXAMPLES: list[tuple[str, str, dict[str, Any]]] = [
     (
-        "Fan-out / fan-in over edges (offline: shell, read-file, code, merge, write-file)",
+        "Fan-out / fan-in over edges (offline: shell, code, merge, write-file)",
         "Three independent looks at a folder run at the same time; the merge waits for all "
         "three, the report is written once. Run: "
         "`fanflow run survey.json dir=. report=/tmp/survey.md`",
@@ -380,12 +380,30 @@ def guide_examples() -> list[dict[str, Any]]:
     return [doc for _title, _note, doc in EXAMPLES]
 
 
+def compact_json(value: Any, indent: int = 0, width: int = 100, prefix: int = 0) -> str:
+    """Pretty JSON that keeps any object or list fitting in the line on one line: about half the
+    lines of indent=2, which matters when the reader is a model paying per token. `prefix` is
+    how many characters precede the value on its first line (a key)."""
+    flat = json.dumps(value, ensure_ascii=False)
+    # +1 leaves room for the comma that may follow.
+    if indent + prefix + len(flat) + 1 <= width or not isinstance(value, dict | list) or not value:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            key = json.dumps(k, ensure_ascii=False) + ": "
+            items.append(pad + key + compact_json(v, indent + 2, width, len(key)))
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + compact_json(v, indent + 2, width) for v in value]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+
+
 def _examples_text() -> str:
     parts = []
     for i, (title, note, doc) in enumerate(EXAMPLES, 1):
-        parts.append(
-            f"### Example {i}: {title}\n\n{note}\n\n```json\n{json.dumps(doc, indent=2)}\n```"
-        )
+        note = textwrap.fill(note, width=100, break_long_words=False, break_on_hyphens=False)
+        parts.append(f"### Example {i}: {title}\n\n{note}\n\n```json\n{compact_json(doc)}\n```")
     return "\n\n".join(parts)
 
 
@@ -402,6 +420,7 @@ parallel without you asking for it.
     fanflow run wf.json name=value ...       # run; --output-format json for one JSON object
     fanflow run wf.json --max-concurrent 4   # cap everything running at once
     fanflow nodes [TYPE]                     # node types, or one type's params and outputs
+    fanflow schema                           # the JSON Schema of the workflow format
 
 Always run `fanflow validate` after writing a workflow and fix every problem it lists.
 
@@ -423,7 +442,8 @@ Always run `fanflow validate` after writing a workflow and fix every problem it 
 
 - `id`: letters, digits, `_` or `-`, starting with a letter or `_`; unique; not an input name.
 - Inputs are given on the command line as `name=value`; types: string, number, integer,
-  boolean, array, object (JSON text for the last two), any. `"required": false` + `"default"`.
+  boolean, array, object (JSON text for the last two), any. An input with a `"default"` is
+  optional; without one it is required unless `"required": false`.
 - Optional top level: `limits`, `max_concurrent`, `on_error`, `max_visits` (loop bound, 100),
   `start_node`, `name`. Unknown keys are errors.
 - Instead of `nodes` + `edges` you may write a `pipeline` (see "Pipeline form").
@@ -545,7 +565,7 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   `"limits": {"llm:openai": {"concurrency": 10, "rpm": 600}, "http:api.example.com": {"rpm": 60}}`
   (keys: `llm:<provider>`, `llm:<provider>/<model>`, `http:<host>`, `node:<type>`).
   Set them for any workflow that fans out LLM or HTTP calls; a batch's `max_concurrent` caps
-  only that batch.
+  only that batch. On the command line, `--limit llm:openai=10/600rpm` overrides one.
 
 ## When something fails
 
