@@ -152,7 +152,7 @@ def test_trace_file_is_chrome_json_with_one_span_per_run_and_item(tmp_path: Path
     assert by_name["w[1]"]["args"] == {"status": "success", "item": 1, "attempts": 2, "retries": 1}
     assert by_name["w[2]"]["args"]["status"] == "failed"
     assert by_name["w[2]"]["args"]["error"].startswith("bad item")
-    assert by_name["b"]["args"]["action"] == "default"
+    assert by_name["b"]["args"] == {"status": "success"}  # defaults (action, 1 attempt) left out
     assert SECRET not in text  # outputs, inputs, item values never reach the file
     assert not list(tmp_path.glob("sub/*.tmp"))
 
@@ -190,6 +190,7 @@ def test_trace_instants_counter_and_metadata():
     r.start(0, "a").finish(0.1, "a", action="no").add(ev.NODE_SKIPPED, 0.1, "x", reason="dead")
     r.end(0.1)
     trace = feed(TraceWriter(), r.sorted()).to_dict()
+    assert spans_of(trace)[0]["args"] == {"status": "success", "action": "no"}
     instants = [e for e in trace["traceEvents"] if e["ph"] == "i"]
     assert [(i["cat"], i["name"]) for i in instants] == [("skip", "x")]
     assert lane_names(trace)[instants[0]["tid"]] == "skipped"
@@ -492,3 +493,25 @@ def test_timeline_command(tmp_path: Path):
     assert res.exit_code == 2 and "traceEvents" in res.output
     res = CliRunner().invoke(timeline, [str(tmp_path / "missing.json")])
     assert res.exit_code == 2
+
+
+def test_long_runs_keep_a_bounded_counter_track_and_its_peak(tmp_path: Path):
+    r = Run()
+    t = 0.0
+    for i in range(6000):  # a 6,000-node chain: the counter would toggle 12,000 times
+        r.start(t, f"n{i}").finish(t + 0.00002, f"n{i}")
+        t += 0.00003
+    for i in range(5):  # then a short burst of 5 at once
+        r.start(t, f"p{i}")
+    for i in range(5):
+        r.finish(t + 0.001, f"p{i}")
+    r.end(t + 0.001)
+    tw = feed(TraceWriter(tmp_path / "t.json"), r.sorted())
+    trace = json.loads((tmp_path / "t.json").read_text())
+    assert len(spans_of(trace)) == 6005
+    levels = [e["args"]["in_flight"] for e in trace["traceEvents"] if e["ph"] == "C"]
+    assert len(levels) <= 4000
+    assert max(levels) == 5 and levels[-1] == 0
+    ts = [e["ts"] for e in trace["traceEvents"] if e["ph"] == "C"]
+    assert ts == sorted(ts)
+    assert trace == tw.to_dict()
