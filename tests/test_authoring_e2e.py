@@ -46,9 +46,9 @@ def overlap(intervals: list[tuple[float, float]]) -> bool:
 def run_json(
     path: Path, *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 60
 ) -> tuple[int, dict[str, Any]]:
-    res = run_cli(
-        "run", str(path), *args, "--output-format", "json", "-q", cwd=cwd, env=env, timeout=timeout
-    )
+    # No run store: these tests are about authoring, and stay independent of checkpointing.
+    args = (*args, "--output-format", "json", "-q", "--no-checkpoint")
+    res = run_cli("run", str(path), *args, cwd=cwd, env=env, timeout=timeout)
     return res.code, res.json
 
 
