@@ -185,7 +185,8 @@ def test_http_limit_caps_in_flight_at_the_server(mock):
 
     outs = run(go, limits=limits)
     assert all(o["status_code"] == 200 for o in outs)
-    assert mock.stats()["max_in_flight"] == 3
+    assert limits.stats()["http:127.0.0.1"]["acquired"] == 12
+    assert 2 <= mock.stats()["max_in_flight"] <= 3  # capped, yet concurrent
     assert limits.stats()["http:127.0.0.1"]["peak_in_flight"] == 3
 
 
@@ -290,7 +291,8 @@ def test_llm_limit_caps_in_flight_at_the_server(mock):
 
     outs = run(go, limits=limits)
     assert [o["response"] for o in outs] == [f"echo: [delay=0.2] n{i}" for i in range(16)]
-    assert mock.stats()["max_in_flight"] == 4
+    assert 2 <= mock.stats()["max_in_flight"] <= 4  # capped, yet concurrent
+    assert limits.stats()["llm:openai"]["peak_in_flight"] == 4
     assert limits.stats()["llm:openai"]["acquired"] == 16
 
 
@@ -306,7 +308,7 @@ def test_llm_per_model_limit(mock):
         )
 
     run(go, limits=limits)
-    assert mock.stats()["max_in_flight"] == 2
+    assert mock.stats()["max_in_flight"] == 2  # capped, yet concurrent
 
 
 def test_llm_without_limits_runs_all_at_once(mock):
@@ -317,7 +319,7 @@ def test_llm_without_limits_runs_all_at_once(mock):
 
     t0 = time.monotonic()
     run(go)
-    assert mock.stats()["max_in_flight"] == 20
+    assert mock.stats()["max_in_flight"] > 4  # nothing caps it (20 when the box is idle)
     assert time.monotonic() - t0 < 3
 
 
@@ -468,4 +470,4 @@ def test_llm_node_type_limit(mock):
         )
 
     run(go, limits=limits)
-    assert mock.stats()["max_in_flight"] == 3
+    assert 2 <= mock.stats()["max_in_flight"] <= 3  # capped, yet concurrent

@@ -122,6 +122,8 @@ class _Server:
 
     def reset(self) -> None:
         with self.lock:
+            # Requests still running from before a reset must not count against the new stats.
+            self.generation = getattr(self, "generation", 0) + 1
             self.in_flight = 0
             self.max_in_flight = 0
             self.total = 0
@@ -266,6 +268,7 @@ class _Server:
             "dropped": False,
             "task": asyncio.current_task(),
         }
+        generation = self.generation
         with self.lock:
             self.total += 1
             record["id"] = self.total
@@ -278,7 +281,8 @@ class _Server:
             return result
         finally:
             with self.lock:
-                self.in_flight -= 1
+                if generation == self.generation:
+                    self.in_flight -= 1
                 record["end"] = time.time()
                 record["status"] = result[0] if result else None
                 record["dropped"] = result is None
