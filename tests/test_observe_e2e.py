@@ -1,4 +1,4 @@
-"""Observability through the real CLI: `fanflow run --trace/--timeline` on shell `sleep` workflows."""
+"""Observability through the real CLI: `fanflow run --trace/--timeline` on shell `sleep` nodes."""
 
 from __future__ import annotations
 

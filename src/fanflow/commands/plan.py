@@ -1,0 +1,50 @@
+"""`fanflow plan WORKFLOW [--format text|json|mermaid]`: the static schedule, before running."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+@click.command("plan")
+@click.argument("workflow", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "mermaid"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for programs, mermaid for a flowchart of the graph.",
+)
+def plan(workflow: str, fmt: str) -> None:
+    """Show what can run in parallel: dependency levels, fan-outs, joins, branches, loops."""
+    from fanflow.errors import FanflowError, WorkflowInvalid
+    from fanflow.ir.load import load_workflow
+    from fanflow.observe.plan import (
+        build_plan,
+        format_plan_json,
+        format_plan_mermaid,
+        format_plan_text,
+    )
+
+    try:
+        wf = load_workflow(workflow)
+    except FanflowError as exc:
+        if fmt == "json":
+            payload: dict[str, Any] = {"status": "invalid", "error": str(exc)}
+            if isinstance(exc, WorkflowInvalid):
+                payload["problems"] = [p.to_dict() for p in exc.problems]
+            click.echo(json.dumps(payload))
+        click.echo(f"error: {exc}", err=True)
+        raise click.exceptions.Exit(exc.exit_code) from None
+    data = build_plan(wf)
+    if fmt == "json":
+        click.echo(format_plan_json(data))
+    elif fmt == "mermaid":
+        click.echo(format_plan_mermaid(data))
+        for warning in data["warnings"]:  # stdout stays a valid diagram
+            click.echo(f"warning: {warning}", err=True)
+    else:
+        click.echo(format_plan_text(data))

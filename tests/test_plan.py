@@ -1,0 +1,154 @@
+"""`fanflow plan`: static schedule of a diamond, an if/else, a loop, and the warnings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from fanflow.commands.plan import plan as plan_cmd
+from fanflow.ir.load import load_workflow
+from fanflow.observe.plan import build_plan, format_plan_mermaid, format_plan_text
+
+
+def sh(node_id: str, command: str = "true", **extra) -> dict:
+    return {"id": node_id, "type": "shell", "params": {"command": command}, **extra}
+
+
+def edges(*pairs) -> list[dict]:
+    out = []
+    for p in pairs:
+        a, b, *action = p
+        out.append({"from": a, "to": b, **({"action": action[0]} if action else {})})
+    return out
+
+
+def wf(nodes, edge_list=()) -> dict:
+    return {"ir_version": "0.1.0", "nodes": nodes, "edges": list(edge_list)}
+
+
+DIAMOND = wf(
+    [sh("a"), sh("b"), sh("c"), sh("d", "echo ${b.stdout} ${c.stdout}")],
+    edges(("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")),
+)
+IF_ELSE = wf(
+    [
+        {"id": "check", "type": "code", "params": {"code": "result = 1\nnext = 'yes'"}},
+        sh("yes"),
+        sh("no"),
+        sh("after"),
+    ],
+    edges(("check", "yes", "yes"), ("check", "no", "no"), ("yes", "after"), ("no", "after")),
+)
+LOOP = wf(
+    [
+        sh("topic"),
+        sh("draft", "echo ${topic.stdout}"),
+        {"id": "review", "type": "code", "params": {"code": "result = 1"}},
+        sh("publish", "echo ${draft.stdout}"),
+    ],
+    edges(
+        ("topic", "draft"),
+        ("draft", "review"),
+        ("review", "draft", "revise"),
+        ("review", "publish"),
+    ),
+)
+
+
+def plan_of(doc: dict) -> dict:
+    return build_plan(load_workflow(doc))
+
+
+def test_diamond_levels_fan_out_and_join():
+    p = plan_of(DIAMOND)
+    assert p["levels"] == [["a"], ["b", "c"], ["d"]]
+    assert p["max_parallel"] == 2
+    assert p["fan_outs"] == [{"node": "a", "action": "default", "to": ["b", "c"]}]
+    assert p["joins"] == [{"node": "d", "waits_for": ["b", "c"], "kind": "all"}]
+    assert p["branches"] == [] and p["loops"] == [] and p["warnings"] == []
+    text = format_plan_text(p)
+    assert "2 nodes in parallel" in text.splitlines()[0]
+    assert "  2  b   c" in text
+    assert "a -> b, c" in text and "d <- b, c" in text
+    json.dumps(p)
+
+
+def test_if_else_is_a_branch_and_an_or_join_not_a_fan_out():
+    p = plan_of(IF_ELSE)
+    assert p["levels"] == [["check"], ["yes", "no"], ["after"]]
+    assert p["branches"] == [{"node": "check", "actions": {"yes": ["yes"], "no": ["no"]}}]
+    assert p["fan_outs"] == []  # alternatives, not parallel work
+    assert p["joins"] == [{"node": "after", "waits_for": ["yes", "no"], "kind": "any"}]
+    text = format_plan_text(p)
+    assert "check: yes -> yes; no -> no" in text
+    assert "after <- yes | no  (or-join" in text
+    mermaid = format_plan_mermaid(p)
+    assert 'n0 -->|"yes"| n1' in mermaid and 'n0 -->|"no"| n2' in mermaid
+
+
+def test_loop_is_one_sequential_unit():
+    p = plan_of(LOOP)
+    assert p["levels"] == [["topic"], ["draft", "review"], ["publish"]]
+    assert p["max_parallel"] == 1  # the loop's nodes take turns
+    (loop,) = p["loops"]
+    assert loop["nodes"] == ["draft", "review"] and loop["entry"] == "draft"
+    assert loop["back_edges"] == [{"from": "review", "to": "draft", "action": "revise"}]
+    assert {"from": "review", "to": "publish", "action": "default"} in loop["exits"]
+    assert p["fan_outs"] == []
+    text = format_plan_text(p)
+    assert "  2  [loop 1: draft -> review]" in text
+    assert "loop 1: draft -> review -> draft (entry draft, max 100 visits" in text
+    mermaid = format_plan_mermaid(p)
+    assert 'subgraph loop1["loop 1"]' in mermaid and 'n2 -->|"revise"| n1' in mermaid
+
+
+def test_missing_edge_warning_and_dotted_read():
+    doc = wf([sh("a"), sh("b"), sh("c", "echo ${b.stdout}")], edges(("a", "b"), ("a", "c")))
+    p = plan_of(doc)
+    assert p["levels"] == [["a"], ["b"], ["c"]]  # c waits for b: what it reads
+    assert p["fan_outs"] == []  # c does not start with b
+    assert p["missing_edges"] == [{"node": "c", "reads": "b"}]
+    assert any("'c' reads 'b' but has no edge from 'b'" in w for w in p["warnings"])
+    assert 'n1 -.->|"reads, no edge"| n2' in format_plan_mermaid(p)
+
+
+def test_implicit_chain_and_sequential_batch_warnings():
+    doc = wf(
+        [sh("a"), sh("b", "echo ${item}", batch={"items": [1, 2, 3]})],
+    )
+    p = plan_of(doc)
+    assert p["implicit_chain"] and p["levels"] == [["a"], ["b"]]
+    assert any(w.startswith("no edges: nodes run one after another") for w in p["warnings"])
+    assert any("batch 'b' runs its items one at a time" in w for w in p["warnings"])
+    assert p["nodes"][1]["batch"]["items"] == 3
+    assert "b (batch: 3 items, one at a time)" in format_plan_text(p)
+    assert "n1[[" in format_plan_mermaid(p)  # batch node shape
+
+
+def test_mermaid_escapes_and_uses_safe_ids():
+    doc = wf([sh("end"), sh("x-y")], edges(("end", "x-y", 'say "hi"')))
+    mermaid = format_plan_mermaid(plan_of(doc))
+    lines = [ln.strip() for ln in mermaid.splitlines()]
+    assert lines[0] == "flowchart TD"
+    assert 'n0["end<br/><small>shell</small>"]' in lines
+    assert 'n0 -->|"say #quot;hi#quot;"| n1' in lines
+
+
+def test_plan_command(tmp_path: Path):
+    (tmp_path / "d.json").write_text(json.dumps(DIAMOND))
+    runner = CliRunner()
+    res = runner.invoke(plan_cmd, [str(tmp_path / "d.json")])
+    assert res.exit_code == 0 and "levels" in res.output
+    res = runner.invoke(plan_cmd, [str(tmp_path / "d.json"), "--format", "json"])
+    assert res.exit_code == 0 and json.loads(res.output)["levels"][1] == ["b", "c"]
+    res = runner.invoke(plan_cmd, [str(tmp_path / "d.json"), "--format", "mermaid"])
+    assert res.exit_code == 0 and res.output.startswith("flowchart TD\n")
+    bad = wf([sh("a")], edges(("a", "ghost")))
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    res = runner.invoke(plan_cmd, [str(tmp_path / "bad.json")])
+    assert res.exit_code == 2 and "ghost" in res.output
+    res = runner.invoke(plan_cmd, [str(tmp_path / "bad.json"), "--format", "json"])
+    assert res.exit_code == 2
+    assert json.loads(res.output.splitlines()[0])["status"] == "invalid"
