@@ -515,3 +515,15 @@ def test_long_runs_keep_a_bounded_counter_track_and_its_peak(tmp_path: Path):
     ts = [e["ts"] for e in trace["traceEvents"] if e["ph"] == "C"]
     assert ts == sorted(ts)
     assert trace == tw.to_dict()
+
+
+def test_fail_fast_summary_names_the_failure_path_and_the_nodes_never_started():
+    r = Run(deps={"s": [], "long": ["s"], "boom": ["s"], "after": ["long", "boom"]})
+    r.start(0, "s").finish(0.01, "s").start(0.01, "long").start(0.01, "boom")
+    r.finish(0.3, "boom", status="failed", action=None, error="exit 3")
+    r.finish(0.301, "long", status="cancelled", action=None, error="cancelled")
+    r.add(ev.RUN_FINISHED, 0.302, status="failed", outputs={}, error="x", failed_node="boom")
+    s = feed(SummaryCollector(), r.sorted()).summary()
+    assert [p["node"] for p in s["critical_path"]] == ["s", "boom"]  # not the cancelled sibling
+    assert s["nodes"] == {"success": 1, "failed": 1, "cancelled": 1, "not run": 1}
+    assert "4 nodes (" in format_summary(s).splitlines()[0]

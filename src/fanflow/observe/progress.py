@@ -380,7 +380,7 @@ class LiveProgress(_ProgressBase):
         for node, start in running[: self.MAX_ROWS]:
             b = batches.get(node)
             if b is None:
-                rows.add_row(Text(node, style="cyan"), Text(""), Text(fmt_duration(now - start)))
+                rows.add_row(Text(node, style="cyan"), Text(fmt_duration(now - start)))
                 continue
             b_total, b_done, ok, bad, in_flight, b_retries = b
             counts = Text(f"{b_done}/{b_total if b_total is not None else '?'}")
@@ -390,8 +390,14 @@ class LiveProgress(_ProgressBase):
             if b_retries:
                 counts.append(f" {g['retry']} {b_retries}", style="yellow")
             counts.append(f"  ({in_flight} running)", style="dim")
-            bar = ProgressBar(total=float(b_total or 0) or None, completed=b_done, width=24)
-            rows.add_row(Text(node, style="cyan"), bar, Text(fmt_duration(now - start)), counts)
+            bar = ProgressBar(
+                total=float(b_total or 0) or None,
+                completed=b_done,
+                width=24,
+                complete_style="green",
+                finished_style="green",
+            )
+            rows.add_row(Text(node, style="cyan"), Text(fmt_duration(now - start)), bar, counts)
         if len(running) > self.MAX_ROWS:
             rows.add_row(Text(f"… {len(running) - self.MAX_ROWS} more", style="dim"))
         grid.add_row(Text(""), rows)

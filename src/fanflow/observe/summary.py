@@ -93,6 +93,9 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for st in status_by_node.values():
         counts[st] = counts.get(st, 0) + 1
+    not_run = [n for n in meta.get("nodes") or () if n not in status_by_node]
+    if not_run:  # never started: the run stopped first (fail-fast, interrupt)
+        counts["not run"] = len(not_run)
 
     slowest = []
     for node, dur in sorted(wall_by_node.items(), key=lambda kv: -kv[1])[:TOP_SLOWEST]:
@@ -153,7 +156,8 @@ def critical_path(built: Built, deps: dict[str, list[str]] | None) -> list[dict[
         finishes.setdefault(sk.node, []).append((sk.t, sk.t, "skipped"))
     if not finishes:
         return []
-    ran = [(n, f) for n, fs in finishes.items() for f in fs if f[2] != "skipped"]
+    # Cancelled nodes stop when something else failed: the path that matters ends there.
+    ran = [(n, f) for n, fs in finishes.items() for f in fs if f[2] not in ("skipped", "cancelled")]
     candidates = ran or [(n, f) for n, fs in finishes.items() for f in fs]
     last_node, (end, start, status) = max(candidates, key=lambda nf: nf[1][0])
     steps = [(last_node, start, end, status)]

@@ -203,8 +203,8 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
             rargs: dict[str, Any] = {"node": node, "attempt": r.attempt}
             if span.item is not None:
                 rargs["item"] = span.item
-            if r.wait is not None:
-                rargs["wait_s"] = r.wait
+            if isinstance(r.wait, int | float):
+                rargs["wait_s"] = round(r.wait, 3)
             if r.error is not None:
                 rargs["error"] = r.error
             where = node if span.item is None else f"{node}[{span.item}]"
