@@ -222,7 +222,8 @@ def render_timeline(trace: dict[str, Any]) -> str:
             is_batch = "items" in args and not is_item
             color = (ITEM_COLORS if is_item else STATUS_COLORS).get(status, DEFAULT_COLOR)
             x0 = x(ts)
-            bw = max(x(ts + dur) - x0, 1.0)
+            w_px = x(ts + dur) - x0
+            bw = max(w_px - 1.0 if w_px > 4 else w_px, 1.0)  # 1px gap: back-to-back bars stay apart
             style = f'fill="{color}"'
             if is_batch:  # a batch node is a container of its items: outlined, lighter
                 style = f'fill="{color}" fill-opacity="0.35" stroke="{color}" stroke-width="1.5"'
