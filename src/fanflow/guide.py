@@ -287,7 +287,7 @@ EXAMPLES: list[tuple[str, str, dict[str, Any]]] = [
         "Pipeline form with nested parallel blocks, a race and a concat merge",
         "Read as: fetch, then at the same time (a) translate to French, (b) translate to "
         "German and check it, (c) ask two models and keep the first answer; then combine. "
-        "It normalises to nodes + edges (`fanflow plan --normalised` shows them).",
+        "It normalises to nodes + edges; `fanflow plan` shows what will run in parallel.",
         {
             "ir_version": "0.1.0",
             "description": "Fetch a text, process it three ways at once, combine",
@@ -419,6 +419,7 @@ parallel without you asking for it.
     fanflow validate wf.json                 # every static check, nothing runs (exit 2 if invalid)
     fanflow run wf.json name=value ...       # run; --output-format json for one JSON object
     fanflow run wf.json --max-concurrent 4   # cap everything running at once
+    fanflow plan wf.json                     # what will run in parallel, before running
     fanflow nodes [TYPE]                     # node types, or one type's params and outputs
     fanflow schema                           # the JSON Schema of the workflow format
 
