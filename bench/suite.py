@@ -39,6 +39,7 @@ PEERS_SRC = BENCH / "peers"
 PEERS_DIR = BENCH / ".peers"
 OUT_DIR = BENCH / ".out"
 TIME_BIN = "/usr/bin/time"
+TIE = 1.02  # medians within 2% of each other are reported as a tie
 
 
 def log(msg: str) -> None:
@@ -746,11 +747,14 @@ def render(
     )
     lines += [f"# {title}", ""]
     m = meta["machine"]
+    loads = [c["load1"] for row in results.values() for c in row.values() if "load1" in c]
+    load_range = f"{min(loads):.2f}–{max(loads):.2f}" if loads else "?"
     lines += [
         f"- Date: {meta['date']} · total wall {meta['total_s']:.0f} s · fanflow commit "
         f"`{meta['git']}` (working tree)",
         f"- Machine: {m['cores']} cores, {m['cpu']}, {m['os']}; load average "
-        f"{m['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end",
+        f"{m['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end, "
+        f"{load_range} across cells (the box is shared; per-cell load in the JSON)",
         f"- Harness Python {m['python']}; `python bench/suite.py"
         + (" --smoke" if smoke else "")
         + "`; see docs/benchmarks.md",
@@ -800,29 +804,37 @@ def notes(
     cols: list[System], scenarios: list[Scenario], results: dict[str, dict[str, dict[str, Any]]]
 ) -> list[str]:
     out: list[str] = []
-    # Where fanflow is not ahead of every peer (scenarios 1-4).
-    behind = []
-    for sc in scenarios:
-        if sc.group[0] not in "1234":
-            continue
-        mine = results[sc.key].get("fanflow", {})
-        if mine.get("status") != "ok":
-            behind.append(f"{sc.label}: fanflow {mine.get('status')}")
-            continue
-        for s in cols:
-            if not s.is_peer:
+    # fanflow against each peer on the engine scenarios (1-4); medians within 2% are a tie.
+    if "fanflow" in {s.name for s in cols} and any(s.is_peer and s.ready for s in cols):
+        ahead, tied, behind = [], [], []
+        for sc in scenarios:
+            if sc.group[0] not in "1234":
                 continue
-            theirs = results[sc.key][s.name]
-            if theirs.get("status") == "ok" and theirs["median_s"] < mine["median_s"]:
-                behind.append(
-                    f"{sc.label}: {s.label} {fmt_s(theirs['median_s'])} s < fanflow "
-                    f"{fmt_s(mine['median_s'])} s"
-                )
-    if any(s.is_peer and s.ready for s in cols):
+            mine = results[sc.key].get("fanflow", {})
+            if mine.get("status") != "ok":
+                behind.append(f"{sc.label}: fanflow {mine.get('status')}")
+                continue
+            for s in cols:
+                theirs = results[sc.key][s.name]
+                if not s.is_peer or theirs.get("status") != "ok":
+                    continue
+                a, b = mine["median_s"], theirs["median_s"]
+                pair = f"{sc.label} vs {s.label} ({fmt_s(a)} s vs {fmt_s(b)} s)"
+                if a > b * TIE:
+                    behind.append(pair)
+                elif b > a * TIE:
+                    ahead.append(pair)
+                else:
+                    tied.append(pair)
         out.append(
-            "- fanflow vs peers on scenarios 1–4: "
-            + ("ahead of every peer on every row." if not behind else "; ".join(behind))
+            f"- fanflow vs peers on scenarios 1–4 (medians within {TIE - 1:.0%} count as a tie): "
+            f"ahead on {len(ahead)}, tied on {len(tied)}, behind on {len(behind)} "
+            "(scenario, peer) pairs."
         )
+        if tied:
+            out.append("  - tied: " + "; ".join(tied))
+        if behind:
+            out.append("  - **behind**: " + "; ".join(behind))
     for sc in scenarios:
         for s in cols:
             r = results[sc.key][s.name]
@@ -906,10 +918,12 @@ def main(argv: list[str] | None = None) -> int:
             results[sc.key] = {}
             for s in active:
                 i += 1
+                load1 = os.getloadavg()[0]  # the box is shared: keep the load next to each cell
                 cell = measure(s, sc, cwd, mock)
                 summary = summarize(cell, sc)
+                summary["load1"] = load1
                 results[sc.key][s.name] = summary
-                shown = render_cell(summary, sc) if summary["status"] == "ok" else summary
+                shown = render_cell(summary, sc)
                 log(f"[{i:>2}/{total}] {sc.key:<12} {s.name:<10} {shown}")
 
     meta = {
