@@ -167,11 +167,6 @@ def test_plan_normalised_prints_the_generated_nodes_and_edges(write_wf):
     assert pairs == {(e["from"], e["to"]) for e in NESTED_GRAPH["edges"]}
 
 
-@pytest.mark.xfail(
-    reason="a pipeline whose only step is one block of single nodes normalises to zero edges, "
-    "which the graph treats as 'no edges → array order' (needs an engine change)",
-    strict=False,
-)
 def test_a_single_parallel_block_runs_in_parallel(write_wf):
     doc = {
         "ir_version": "0.1.0",

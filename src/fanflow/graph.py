@@ -89,7 +89,7 @@ def build_graph(workflow: Workflow) -> Graph:
         n.id: templates.compile_value(n.batch.items) for n in workflow.nodes if n.batch is not None
     }
 
-    implicit_chain = not workflow.edges
+    implicit_chain = not workflow.edges and workflow._pipeline_paths is None
     if implicit_chain:
         edges = [Edge(a, b) for a, b in itertools.pairwise(ids)]
     else:

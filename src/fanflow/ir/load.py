@@ -57,16 +57,29 @@ def _json_hint(text: str, exc: json.JSONDecodeError) -> str:
 
 def parse_workflow(doc: dict[str, Any], file: str | None = None) -> Workflow:
     """Validate the document's shape. Raises WorkflowInvalid listing every schema problem."""
+    paths: dict[str, str] | None = None
     if "pipeline" in doc:
-        from fanflow.ir.pipeline import normalise_pipeline
+        from fanflow.ir.pipeline import normalise_pipeline_with_paths
 
-        doc = normalise_pipeline(doc, file)
+        doc, paths = normalise_pipeline_with_paths(doc, file)
     try:
         workflow = Workflow.model_validate(doc)
     except ValidationError as exc:
-        raise WorkflowInvalid(_schema_problems(exc, doc, file)) from None
+        raise WorkflowInvalid(map_pipeline_paths(_schema_problems(exc, doc, file), paths)) from None
     workflow._source = file
+    workflow._pipeline_paths = paths
     return workflow
+
+
+def map_pipeline_paths(problems: list[Problem], paths: dict[str, str] | None) -> list[Problem]:
+    """Report problems of a pipeline-form workflow at the path the author wrote."""
+    if not paths:
+        return problems
+    from dataclasses import replace
+
+    from fanflow.ir.pipeline import pipeline_field
+
+    return [replace(p, field=pipeline_field(p.field, paths)) for p in problems]
 
 
 def _schema_problems(exc: ValidationError, doc: dict[str, Any], file: str | None) -> list[Problem]:

@@ -116,6 +116,9 @@ class Workflow(_Strict):
     _source: str | None = PrivateAttr(None)
     _graph: Any = PrivateAttr(None)  # built once by validation, reused by plan and run
     _warnings: list[str] = PrivateAttr(default_factory=list)
+    # Set when the document used the `pipeline` form: its edges are explicit even when there are
+    # none (a lone parallel block), and problems map back to the pipeline path the author wrote.
+    _pipeline_paths: dict[str, str] | None = PrivateAttr(None)
 
     @property
     def source(self) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 from fanflow import templates
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.graph import BATCH_VARS, build_graph
+from fanflow.ir.load import map_pipeline_paths
 from fanflow.ir.model import Workflow
 from fanflow.nodes import registry
 
@@ -75,6 +76,8 @@ def validate_workflow(workflow: Workflow) -> Workflow:
                     add(Problem(f"unknown parameter '{key}' for node type '{node.type}'", file,
                                 f"nodes[{i}].params.{key}", node.id,
                                 _hint(key, spec, f"`fanflow nodes {node.type}` lists them")))  # fmt: skip
+            for message in getattr(cls, "validate_params", lambda _p: [])(node.params):
+                add(Problem(message, file, f"nodes[{i}].params", node.id))
             for key, param in spec.items():
                 if param.required and key not in node.params:
                     add(Problem(f"missing required parameter '{key}'", file,
@@ -103,7 +106,7 @@ def validate_workflow(workflow: Workflow) -> Workflow:
             add(Problem(str(exc), file, f"outputs.{name}.source"))
 
     if problems or not compiled_ok:
-        raise WorkflowInvalid(problems)
+        raise WorkflowInvalid(map_pipeline_paths(problems, workflow._pipeline_paths))
 
     graph = build_graph(workflow)
 
@@ -164,7 +167,7 @@ def validate_workflow(workflow: Workflow) -> Workflow:
                                 "move the fan-out after the loop"))  # fmt: skip
 
     if problems:
-        raise WorkflowInvalid(problems)
+        raise WorkflowInvalid(map_pipeline_paths(problems, workflow._pipeline_paths))
     workflow._graph = graph
     workflow._warnings = [
         f"node '{reader}' reads '{src}' but has no edge from '{src}' "
