@@ -179,7 +179,8 @@ def show(ctx: click.Context, run_ref: str, store_path: Path | None, output_forma
         except UnknownRun as exc:
             _fail(str(exc), EXIT_INVALID)
         states = store.node_states(run.id, with_outputs=False)
-    order = run.node_order + [n for n in states if n not in run.node_hashes]
+        known = store.node_order(run)
+    order = known + [n for n in states if n not in set(known)]
 
     if output_format == "json":
         nodes = {}

@@ -24,7 +24,14 @@ from typing import Any
 
 from fanflow.engine.state import CompletedNode, ResumeState
 from fanflow.errors import Problem, WorkflowInvalid
-from fanflow.store.runs import NodeState, RunRecord, RunStore, encode_value, workflow_name
+from fanflow.store.runs import (
+    NodeState,
+    RunRecord,
+    RunStore,
+    encode_value,
+    workflow_document,
+    workflow_name,
+)
 
 # Node fields that do not change what a node computes.
 _COSMETIC = {"id", "purpose", "batch_config"}
@@ -35,8 +42,8 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def workflow_hashes(workflow: Any) -> tuple[str, dict[str, str]]:
-    """(hash of the whole document, {node_id: hash of its definition}) in workflow order."""
+def node_hashes(workflow: Any) -> dict[str, str]:
+    """{node_id: hash of its definition and incoming edges}, in workflow order."""
     graph = workflow.graph
     nodes: dict[str, str] = {}
     for node_id in graph.ids:
@@ -44,8 +51,20 @@ def workflow_hashes(workflow: Any) -> tuple[str, dict[str, str]]:
         body = spec.model_dump(mode="json", by_alias=True, exclude=_COSMETIC)
         body["__in__"] = sorted([e.src, e.action] for e in graph.in_edges[node_id])
         nodes[node_id] = _digest(body)
-    whole = _digest(workflow.model_dump(mode="json", by_alias=True))
-    return whole, nodes
+    return nodes
+
+
+def _stored_node_hashes(store: RunStore, run: RunRecord) -> dict[str, str] | None:
+    """Node hashes of the document the run ran (None when it cannot be read back)."""
+    doc = store.workflow_doc(run.workflow_hash)
+    if doc is None:
+        return None
+    from fanflow.ir.load import load_workflow
+
+    try:
+        return node_hashes(load_workflow(json.loads(doc)))
+    except Exception:  # a snapshot an older fanflow wrote and this one no longer accepts
+        return None
 
 
 def normalise_inputs(inputs: dict[str, Any]) -> Any:
@@ -54,10 +73,6 @@ def normalise_inputs(inputs: dict[str, Any]) -> Any:
         return json.loads(encode_value(inputs))
     except Exception:
         return {k: repr(v) for k, v in inputs.items()}
-
-
-def inputs_hash(inputs: dict[str, Any]) -> str:
-    return _digest(normalise_inputs(inputs))
 
 
 @dataclass
@@ -128,9 +143,15 @@ def plan_resume(
         )
 
     graph = workflow.graph
-    _, new_hashes = workflow_hashes(workflow)
-    old_hashes = run.node_hashes
-    changed = [n for n in graph.ids if old_hashes.get(n) != new_hashes[n]]
+    new_digest, _ = workflow_document(workflow)
+    snapshot = True
+    if new_digest is not None and new_digest == run.workflow_hash:
+        changed: list[str] = []  # the very same document: nothing to compare
+    else:
+        new_hashes = node_hashes(workflow)
+        old_hashes = _stored_node_hashes(store, run)
+        snapshot = old_hashes is not None
+        changed = [n for n in graph.ids if (old_hashes or {}).get(n) != new_hashes[n]]
     affected = _downstream(graph, changed)
 
     states = store.node_states(run.id, with_outputs=True)
@@ -140,17 +161,18 @@ def plan_resume(
     if conflicts:
         what = ", ".join(f"'{n}'" for n in changed)
         stale = ", ".join(f"'{n}'" for n in conflicts)
-        raise WorkflowInvalid(
-            [
-                Problem(
-                    f"cannot resume {where}: the workflow changed since it ran — node(s) {what} "
-                    f"changed or are new, and completed node(s) {stale} depend on them (their "
-                    "stored outputs were computed from the old definition)",
-                    file=str(path) if path else None,
-                    hint=fresh,
-                )
-            ]
-        )
+        if snapshot:
+            message = (
+                f"cannot resume {where}: the workflow changed since it ran — node(s) {what} "
+                f"changed or are new, which invalidates the stored outputs of completed "
+                f"node(s) {stale} (computed from the old definition)"
+            )
+        else:
+            message = (
+                f"cannot resume {where}: the store has no readable copy of the workflow it ran, "
+                f"so its completed node(s) {stale} cannot be matched to this workflow"
+            )
+        raise WorkflowInvalid([Problem(message, file=str(path) if path else None, hint=fresh)])
 
     state = ResumeState(run_id=run.id)
     for node_id in graph.ids:
