@@ -130,11 +130,6 @@ def test_429_in_a_batch_item_is_retried_with_max_retries(mock, write_wf):
     assert max(r["start"] for r in reqs) - failed["end"] >= 0.9  # honoured Retry-After: 1
 
 
-@pytest.mark.xfail(
-    reason="engine: batch items use batch.max_retries (default 1), not the llm node's "
-    "transient-retry default (3 attempts); see docs/io.md",
-    strict=False,
-)
 def test_429_in_a_batch_item_is_retried_by_default(mock, write_wf):
     res, _reqs = _batch_429(mock, write_wf, {})
     assert res.code == 0, res.stderr

@@ -30,7 +30,6 @@ def execute_run(
     """Run a workflow file as the CLI does. Returns the result and the summary text."""
     workflow = load_workflow(workflow_path)
     inputs = parse_cli_pairs(input_pairs)
-    limits = _parse_limits(limit_specs)
 
     listeners: list[Any] = []
     progress = _progress(quiet)
@@ -57,7 +56,7 @@ def execute_run(
     result = asyncio.run(
         run_async(
             workflow, inputs, max_concurrent=max_concurrent, listeners=listeners, resume=resume,
-            limits=limits, inputs_from_text=True, handle_sigint=True, workflow_name=workflow_path,
+            limits=limit_specs, inputs_from_text=True, handle_sigint=True, workflow_name=workflow_path,
         )
     )  # fmt: skip
     if timeline_path and trace is not None:
@@ -88,22 +87,6 @@ def _summary() -> Any:
     except ImportError:
         return None
     return SummaryCollector()
-
-
-def _parse_limits(specs: tuple[str, ...]) -> dict[str, dict[str, Any]] | None:
-    import os
-
-    env = os.environ.get("FANFLOW_LIMITS", "")
-    words = [w for w in env.replace(",", " ").split() if w] + list(specs)
-    if not words:
-        return None
-    from fanflow.io.limits import parse_limit_spec
-
-    limits: dict[str, dict[str, Any]] = {}
-    for word in words:
-        key, value = parse_limit_spec(word)
-        limits[key] = value
-    return limits
 
 
 def _checkpointing(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fanflow import templates
 from fanflow.engine import events as ev
 from fanflow.engine.execute import execute
-from fanflow.engine.retry import RetryPolicy
+from fanflow.engine.retry import NO_RETRY, RetryPolicy
 from fanflow.errors import NodeError
 
 if TYPE_CHECKING:
@@ -28,7 +28,10 @@ async def run_batch(rt: Runtime, node_id: str, items: list[Any]) -> dict[str, An
     results: list[Any] = [None] * n
     errors: list[dict[str, Any]] = []
     durations: list[float] = []
-    policy = RetryPolicy(attempts=spec.max_retries, wait=spec.retry_wait)
+    if "max_retries" in spec.model_fields_set:
+        policy = RetryPolicy(attempts=spec.max_retries, wait=spec.retry_wait)
+    else:  # the node type's own policy, e.g. llm/http retry transient failures
+        policy = rt.policies.get(node_id, NO_RETRY)
     compiled = rt.graph.params[node_id]
     alias = spec.as_
     fail_fast = spec.error_handling == "fail_fast"

@@ -32,6 +32,12 @@ async def _async_attempt(node: Any, shared: NodeShared, fallback_exc: BaseExcept
     return await node.post_async(shared, prep, res)
 
 
+async def _attempt(rt: Runtime, node: Any, shared: NodeShared, asynchronous: bool) -> Any:
+    if asynchronous:
+        return await _async_attempt(node, shared, None)
+    return await rt.loop.run_in_executor(rt.pool, _sync_attempt, node, shared, None)
+
+
 def new_node(cls: Any, node_id: str, params: dict[str, Any], rt: Runtime) -> Any:
     node = cls()
     node.params = params
@@ -59,12 +65,12 @@ async def execute(
         shared = NodeShared(own, rt.inputs, rt.store)
         try:
             async with rt.budget:
-                if asynchronous:
-                    action = await _async_attempt(node, shared, None)
+                limit_keys = rt.node_limits.get(node_id)
+                if limit_keys:
+                    async with rt.ctx.limits.acquire(*limit_keys):
+                        action = await _attempt(rt, node, shared, asynchronous)
                 else:
-                    action = await rt.loop.run_in_executor(
-                        rt.pool, _sync_attempt, node, shared, None
-                    )
+                    action = await _attempt(rt, node, shared, asynchronous)
             return own, action or "default", attempt
         except asyncio.CancelledError:
             raise

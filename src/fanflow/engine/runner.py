@@ -105,14 +105,17 @@ async def run_async(
     max_concurrent: int | None = None,
     listeners: list[Listener] | tuple[Listener, ...] = (),
     resume: ResumeState | None = None,
-    limits: dict[str, dict[str, Any]] | None = None,
+    limits: list[str] | tuple[str, ...] | None = None,
     run_id: str | None = None,
     inputs_from_text: bool = False,
     handle_sigint: bool = False,
     workflow_name: str | None = None,
 ) -> RunResult:
     """Run a workflow on the running event loop. Raises WorkflowInvalid (exit 2) before any node
-    runs when the workflow, inputs or environment are invalid; otherwise returns a RunResult."""
+    runs when the workflow, inputs or environment are invalid; otherwise returns a RunResult.
+
+    `limits` are override specs such as "llm:openai=10/600rpm", merged field by field over the
+    workflow's `limits` section and the FANFLOW_LIMITS environment variable."""
     wf = _as_workflow(workflow)
     values = resolve_inputs(wf, dict(inputs or {}), from_text=inputs_from_text)
     preflight(wf)
@@ -124,16 +127,16 @@ async def run_async(
     pool = ThreadPoolExecutor(max_workers=budget_size, thread_name_prefix="fanflow")
     run_id = run_id or (resume.run_id if resume else None) or _new_run_id()
     ctx = RunContext(run_id=run_id, bus=bus, pool=pool, loop=loop)
-    limit_config = {k: v.model_dump(exclude_none=True) for k, v in wf.limits.items()}
-    limit_config.update(limits or {})
-    if limit_config:
-        from fanflow.io.limits import LimitRegistry
+    if wf.limits or limits or os.environ.get("FANFLOW_LIMITS"):
+        from fanflow.io.limits import LimitRegistry, merge_limits
 
-        ctx.limits = LimitRegistry(limit_config)
+        sections = {k: v.model_dump(exclude_none=True) for k, v in wf.limits.items()}
+        ctx.limits = LimitRegistry(merge_limits(sections, limits or (), os.environ)) or None
     rt = Runtime(
         graph=graph, classes=classes, is_async=classify(classes), inputs=values, ctx=ctx,
         budget=asyncio.Semaphore(budget_size), resume=resume,
         records={i: NodeRecord() for i in graph.ids}, policies=build_policies(graph, classes),
+        node_limits=_node_limit_keys(wf, classes, ctx.limits),
     )  # fmt: skip
     scheduler = Scheduler(rt, wf.on_error)
     if handle_sigint:
@@ -159,6 +162,19 @@ async def run_async(
              failed_node=result.failed_node, duration_ms=result.duration_ms)  # fmt: skip
     bus.close()
     return result
+
+
+def _node_limit_keys(wf: Workflow, classes: dict[str, Any], limits: Any) -> dict[str, list[str]]:
+    """`node:<type>` limits apply around a leaf, except for types that take them themselves."""
+    if not limits:
+        return {}
+    keys = {}
+    for node in wf.nodes:
+        if not getattr(classes[node.id], "limits_managed", False):
+            found = limits.keys_for_node(node.type)
+            if found:
+                keys[node.id] = found
+    return keys
 
 
 def _result(wf: Workflow, rt: Runtime, sched: Scheduler, run_id: str, duration: float) -> RunResult:

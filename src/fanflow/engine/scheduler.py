@@ -62,6 +62,7 @@ class Runtime:
     store: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: dict[str, NodeRecord] = field(default_factory=dict)
     policies: dict[str, RetryPolicy] = field(default_factory=dict)
+    node_limits: dict[str, list[str]] = field(default_factory=dict)  # node id → node:<type> keys
 
     @property
     def bus(self) -> EventBus:

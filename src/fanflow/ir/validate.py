@@ -65,6 +65,17 @@ def validate_workflow(workflow: Workflow) -> Workflow:
         add(Problem(f"start_node '{workflow.start_node}' is not a node", file, "start_node",
                     None, _hint(workflow.start_node, id_set, "name an existing node id")))  # fmt: skip
 
+    if workflow.limits:
+        from fanflow.io.limits import LimitConfigError, normalize_limits
+
+        try:
+            normalize_limits(
+                {k: v.model_dump(exclude_none=True) for k, v in workflow.limits.items()}
+            )
+        except LimitConfigError as exc:
+            add(Problem(exc.message, file, "limits",
+                        hint="keys look like llm:openai, llm:openai/gpt-4o-mini, http:host, node:shell"))  # fmt: skip
+
     # Parameters against the node type's declared interface, and template syntax.
     compiled_ok = True
     for i, node in enumerate(workflow.nodes):
