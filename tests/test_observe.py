@@ -527,3 +527,11 @@ def test_fail_fast_summary_names_the_failure_path_and_the_nodes_never_started():
     assert [p["node"] for p in s["critical_path"]] == ["s", "boom"]  # not the cancelled sibling
     assert s["nodes"] == {"success": 1, "failed": 1, "cancelled": 1, "not run": 1}
     assert "4 nodes (" in format_summary(s).splitlines()[0]
+
+
+def test_trace_that_cannot_be_written_warns_instead_of_failing(tmp_path: Path, capsys):
+    (tmp_path / "file").write_text("x")
+    tw = feed(TraceWriter(tmp_path / "file" / "t.json"), diamond_with_batch())  # parent is a file
+    assert tw.error is not None and "cannot write trace" in tw.error
+    assert "warning: cannot write trace" in capsys.readouterr().err
+    assert spans_of(tw.to_dict())  # still available in memory (e.g. for --timeline)

@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import accumulate
@@ -57,6 +58,7 @@ class TraceWriter:
         self.path = Path(path) if path is not None else None
         self._rec = Recorder()
         self._text: str | None = None
+        self.error: str | None = None  # set when close() could not write the file
         self.on_event = self._rec.on_event  # bound once: the hot path is a single append
 
     def on_event(self, event: Event) -> None:  # replaced per instance in __init__
@@ -66,10 +68,15 @@ class TraceWriter:
         if self.path is None:
             return
         text = self.text()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.path)  # a reader never sees half a file
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path)  # a reader never sees half a file
+        except OSError as exc:
+            # The run itself is done and its result stands; say why the trace is missing.
+            self.error = f"cannot write trace {self.path}: {exc.strerror or exc}"
+            print(f"warning: {self.error}", file=sys.stderr)
 
     def text(self) -> str:
         """The trace as JSON text (what `close()` writes). Cached once the run has finished."""
