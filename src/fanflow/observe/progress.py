@@ -254,17 +254,8 @@ class _ProgressBase:
             self.t0 = e.t
             nodes = e.data.get("nodes")
             self.total_nodes = len(nodes) if nodes is not None else None
-            self._run_started()
-        elif kind == RUN_FINISHED:
-            self._run_finished()
 
     def _item_finished(self, node: str, b: _Batch, t: float) -> None:
-        pass
-
-    def _run_started(self) -> None:
-        pass
-
-    def _run_finished(self) -> None:
         pass
 
 
