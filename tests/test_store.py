@@ -394,7 +394,14 @@ def test_begin_resume_trims_to_the_resume_state(tmp_path: Path) -> None:
     emit(w2, ev.NODE_STARTED, "b", batch=3)
     for i in (1, 2):
         emit(w2, ev.ITEM_FINISHED, "b", i, status="success", result={"v": i})
-    emit(w2, ev.NODE_FINISHED, "b", status="success", action="default", outputs={"results": []})
+    emit(
+        w2,
+        ev.NODE_FINISHED,
+        "b",
+        status="success",
+        action="default",
+        outputs={"results": [0, 1, 2], "count": 3, "success_count": 3, "error_count": 0},
+    )
     emit(w2, ev.RUN_FINISHED, status="success", outputs={"ok": True})
     w2.close()
     run = store.get_run(w.run_id)

@@ -648,6 +648,20 @@ class RunStore:
             counts = out[nid].items
             for rec in by_idx.values():
                 counts[rec[I_STATUS]] = counts.get(rec[I_STATUS], 0) + 1
+        for nid, rec in nodes.items():
+            # A completed batch's own outputs hold its counts (its items may not have been
+            # written one by one: see CheckpointWriter._write).
+            result = rec[N_OUT]
+            if (
+                rec[N_STATUS] == "success"
+                and isinstance(result, dict)
+                and "success_count" in result
+            ):
+                counts = {
+                    "success": result.get("success_count"),
+                    "failed": result.get("error_count"),
+                }
+                out[nid].items = {k: v for k, v in counts.items() if isinstance(v, int) and v}
         order = sorted(out, key=lambda n: (out[n].started is None, out[n].started or 0.0))
         return {n: out[n] for n in order}
 
