@@ -690,6 +690,8 @@ def summarize(cell: Cell, sc: Scenario) -> dict[str, Any]:
 def render_cell(s: dict[str, Any], sc: Scenario) -> str:
     if s["status"] == "na":
         return s["message"].replace("|", "\\|")
+    if s["status"] == "skipped" and "not installed" in s["message"]:
+        return "not installed (see the header)"
     if s["status"] != "ok":
         return f"{s['status']}: {s['message']}".replace("|", "\\|").replace("\n", " ")[:160]
     if sc.per:
