@@ -62,13 +62,16 @@ def execute_run(
     if timeline_path and trace is not None:
         from fanflow.observe.timeline import write_timeline
 
-        write_timeline(trace.to_dict(), timeline_path)
+        try:
+            write_timeline(trace.to_dict(), timeline_path)
+        except OSError as exc:  # the run's result stands; say why the picture is missing
+            result.warnings.append(f"cannot write timeline {timeline_path}: {exc.strerror or exc}")
     text = None
     if summary is not None:
         from fanflow.observe.summary import format_summary
 
         data = summary.summary()
-        result.summary = data  # type: ignore[attr-defined]
+        result.summary = data
         text = format_summary(data)
     return result, text
 

@@ -18,7 +18,12 @@ import click
     show_default=True,
     help="text for people, json for programs, mermaid for a flowchart of the graph.",
 )
-def plan(workflow: str, fmt: str) -> None:
+@click.option(
+    "--normalised",
+    is_flag=True,
+    help="Print the workflow as nodes + edges (e.g. what a `pipeline` form normalises into).",
+)
+def plan(workflow: str, fmt: str, normalised: bool) -> None:
     """Show what can run in parallel: dependency levels, fan-outs, joins, branches, loops."""
     from fanflow.errors import FanflowError, WorkflowInvalid
     from fanflow.ir.load import load_workflow
@@ -39,6 +44,12 @@ def plan(workflow: str, fmt: str) -> None:
             click.echo(json.dumps(payload))
         click.echo(f"error: {exc}", err=True)
         raise click.exceptions.Exit(exc.exit_code) from None
+    if normalised:
+        from fanflow.ir.load import read_document
+        from fanflow.ir.pipeline import normalise_pipeline
+
+        click.echo(json.dumps(normalise_pipeline(read_document(workflow), workflow), indent=2))
+        return
     data = build_plan(wf)
     if fmt == "json":
         click.echo(format_plan_json(data))

@@ -47,6 +47,7 @@ class RunResult:
     error: str | None = None
     failed_node: str | None = None
     warnings: list[str] = field(default_factory=list)
+    summary: dict[str, Any] | None = None  # filled by the CLI's SummaryCollector when present
 
     @property
     def ok(self) -> bool:
@@ -69,7 +70,7 @@ class RunResult:
             "failed_node": self.failed_node,
             "run_id": self.run_id,
             "warnings": self.warnings,
-        }
+        } | ({"summary": self.summary} if self.summary is not None else {})
 
 
 def _as_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> Workflow:
