@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -143,6 +144,7 @@ async def run_async(
     if handle_sigint:
         loop.add_signal_handler(signal.SIGINT, scheduler.interrupt)
     started = time.perf_counter()
+    gc_state = _quiet_gc()
     bus.emit(
         ev.RUN_STARTED, run_id=run_id, workflow=workflow_name or wf.source or wf.name or "<dict>",
         inputs=values, nodes=graph.ids, wall_start=time.time(), max_concurrent=budget_size,
@@ -152,6 +154,7 @@ async def run_async(
     try:
         await scheduler.run()
     finally:
+        _restore_gc(gc_state)
         if handle_sigint:
             loop.remove_signal_handler(signal.SIGINT)
         await ctx.aclose()
@@ -163,6 +166,25 @@ async def run_async(
              failed_node=result.failed_node, duration_ms=result.duration_ms)  # fmt: skip
     bus.close()
     return result
+
+
+def _quiet_gc() -> tuple[int, int, int]:
+    """Keep the cyclic GC from rescanning the whole workflow over and over during a run.
+
+    Objects alive before the run (graph, compiled templates, modules) are frozen out of
+    collections, and young-generation collections run less often; measured on a 10,000-node
+    chain this keeps per-node overhead flat instead of growing with the graph. Both settings are
+    restored when the run ends.
+    """
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(old[0], 50_000), max(old[1], 20), max(old[2], 20))
+    return old
+
+
+def _restore_gc(old: tuple[int, int, int]) -> None:
+    gc.set_threshold(*old)
+    gc.unfreeze()
 
 
 def _node_limit_keys(wf: Workflow, classes: dict[str, Any], limits: Any) -> dict[str, list[str]]:
