@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,10 @@ BASE: dict[str, Any] = {
 
 def record(store: RunStore, doc: dict[str, Any], path: str, events: list[tuple], inputs=None,
            close: bool = True) -> CheckpointWriter:  # fmt: skip
-    """Store a run of `doc` made of (kind, node, item, data) events."""
+    """Store a run of `doc` made of (kind, node, item, data) events. An absolute `path` gets
+    the document written to it, as a workflow file would be."""
+    if Path(path).is_absolute():
+        Path(path).write_text(json.dumps(doc))
     wf = load_workflow(copy.deepcopy(doc))
     w = CheckpointWriter(store, workflow=wf, workflow_path=path, inputs=inputs or {})
     for kind, node, item, data in events:
@@ -75,7 +79,6 @@ END_FAILED = [(ev.RUN_FINISHED, None, None, {"status": "failed", "outputs": {}, 
 def setup(tmp_path: Path):
     store = RunStore(tmp_path / "runs.db")
     path = tmp_path / "wf.json"
-    path.write_text("{}")  # the run records the file's absolute path
 
     def run(doc=BASE, events=None, inputs=None, close=True) -> CheckpointWriter:
         evs = events if events is not None else (
@@ -85,9 +88,9 @@ def setup(tmp_path: Path):
         return record(store, doc, str(path), evs, inputs, close)
 
     def wf(doc=BASE):
-        w = load_workflow(copy.deepcopy(doc))
-        w._source = str(path)
-        return w
+        """The workflow file as edited after the run, loaded from disk."""
+        path.write_text(json.dumps(doc))
+        return load_workflow(path)
 
     return store, run, wf
 

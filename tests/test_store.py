@@ -196,9 +196,9 @@ def test_writes_are_batched_not_per_event(tmp_path: Path) -> None:
     commits = []
     real_write = w._write
 
-    def counting_write(conn: sqlite3.Connection, batch: list[Event]) -> None:
-        commits.append(len(batch))
-        real_write(conn, batch)
+    def counting_write(conn: sqlite3.Connection, batch: list[Any], items: list[Event]) -> None:
+        commits.append(len(items))
+        real_write(conn, batch, items)
 
     w._write = counting_write  # type: ignore[method-assign]
     t0 = time.perf_counter()

@@ -143,7 +143,7 @@ def plan_resume(
         )
 
     graph = workflow.graph
-    new_digest, _ = workflow_document(workflow)
+    new_digest, _ = workflow_document(workflow, path)
     snapshot = True
     if new_digest is not None and new_digest == run.workflow_hash:
         changed: list[str] = []  # the very same document: nothing to compare

@@ -43,7 +43,7 @@ SCHEMA_VERSION = 2
 MAX_INLINE_BYTES = 1 << 20
 # The checkpoint thread commits what has queued up at most this often; on kill -9 at most about
 # this much of the most recent completions is lost (it re-runs on resume).
-FLUSH_INTERVAL = 0.02
+FLUSH_INTERVAL = 0.05
 # ...or sooner, once this many events are waiting (keeps transactions and memory bounded).
 FLUSH_EVENTS = 2000
 # Side files younger than this are never garbage-collected: a concurrent writer may be about to
@@ -168,6 +168,23 @@ _ENC = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=("
 _UNSTORABLE = (TypeError, ValueError, RecursionError)
 
 
+def _make_fast_encode() -> Any:
+    """JSONEncoder.encode costs ~1 µs per call before encoding anything (it builds a C encoder
+    each time); per-record encoding on the hot path reuses one C encoder instead. Same output."""
+    c_make = getattr(json.encoder, "c_make_encoder", None)
+    if c_make is None:  # no C accelerator: the plain (slower) path
+        return _ENC.encode
+    # No circular-reference bookkeeping (markers=None): a cycle ends in RecursionError, which
+    # callers treat like any other value JSON cannot hold.
+    c_enc = c_make(None, _json_default, json.encoder.encode_basestring, None, ":", ",",
+                   False, False, True)  # fmt: skip
+
+    def encode(value: Any) -> str:
+        return "".join(c_enc(value, 0))
+
+    return encode
+
+
 def encode_value(value: Any) -> str:
     """JSON text of a node's outputs or an item's result.
 
@@ -194,12 +211,23 @@ def _size(text: str) -> int:
     return n if n * 4 <= MAX_INLINE_BYTES or text.isascii() else len(text.encode("utf-8"))
 
 
-def workflow_document(workflow: Any) -> tuple[str | None, str | None]:
-    """(hash, JSON text) of a workflow model, normalised (defaults left out). Stored once per
-    distinct document; resume compares node definitions against it. ~3 ms for 10,000 nodes."""
-    if workflow is None or not hasattr(workflow, "model_dump_json"):
-        return None, None
-    text = workflow.model_dump_json(by_alias=True, exclude_defaults=True)
+def workflow_document(
+    workflow: Any, path: str | os.PathLike[str] | None = None
+) -> tuple[str | None, str | None]:
+    """(hash, JSON text) of the document a run runs: the workflow file's own text when there is
+    one (reading it is cheaper than serialising the model), else the model serialised with its
+    defaults left out. Stored once per distinct document; resume compares node definitions
+    against it."""
+    text = None
+    if path is not None:
+        try:
+            text = Path(path).read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None
+    if text is None:
+        if workflow is None or not hasattr(workflow, "model_dump_json"):
+            return None, None
+        text = workflow.model_dump_json(by_alias=True, exclude_defaults=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], text
 
 
@@ -274,6 +302,11 @@ def _process_alive(pid: int | None, host: str | None) -> bool:
     except OSError:
         return False
     return True
+
+
+def _secs(us: int | float | None) -> float | None:
+    """Record times are integer microseconds since the epoch (cheaper to encode than floats)."""
+    return None if us is None else us / 1e6
 
 
 def _opt(rec: list[Any], i: int) -> Any:
@@ -388,49 +421,44 @@ class RunStore:
         except (OSError, ValueError):
             return False, None
 
-    def pack_records(
-        self, nodes: list[list[Any]], items: list[list[Any]]
-    ) -> tuple[list[str], list[str]]:
-        """Log rows (JSON texts) for these records, and the side files they reference.
-
-        Fast path: one encode of everything. Only when that fails (a value JSON cannot hold) or
-        is too big does each value get looked at: large ones go to side files, unstorable ones
-        are replaced by a note, and the records are split over rows of at most ~1 MiB."""
+    def encode_record(self, rec: Any, node: bool, digests: list[str]) -> str:
+        """JSON text of one node (node=True) or item record. Fast path: one encode. When that
+        fails (a value JSON cannot hold) or is too big, the value goes to a side file (its digest
+        appended to `digests`) or is replaced by a note saying why it was not stored."""
         try:
-            text = _ENC.encode({"n": nodes, "i": items})
-            if _size(text) <= MAX_INLINE_BYTES:
-                return [text], []
+            text = _ENC.encode(rec)
+            if len(text) * 4 <= MAX_INLINE_BYTES or _size(text) <= MAX_INLINE_BYTES:
+                return text
         except _UNSTORABLE:
             pass
+        vi, ei, width = (N_OUT, N_ERR, 9) if node else (I_RES, I_ERR, 6)
+        r = [*rec[:width], *[None] * (width - len(rec)), _opt(rec, width), _opt(rec, width + 1)]
+        if r[ei] is not None and not isinstance(r[ei], str):
+            r[ei] = str(r[ei])
+        if r[vi] is not None:
+            value_text, digest, note = self.pack_value(r[vi])
+            if value_text is None:
+                r[vi], r[-2], r[-1] = None, digest, note
+                if digest:
+                    digests.append(digest)
+        return _ENC.encode(r)
+
+    def encode_records(self, records: list[Any], node: bool, digests: list[str]) -> list[str]:
+        """Many records: one C-level pass when every record is plain and small."""
+        enc = _ENC.encode
+        try:
+            texts = [enc(r) for r in records]
+        except _UNSTORABLE:
+            return [self.encode_record(r, node, digests) for r in records]
+        if texts and max(map(len, texts)) * 4 > MAX_INLINE_BYTES:
+            return [self.encode_record(r, node, digests) for r in records]
+        return texts
+
+    def pack_records(self, nodes: list[Any], items: list[Any]) -> tuple[list[str], list[str]]:
+        """Log rows for these records, and the side files they reference."""
         digests: list[str] = []
-        texts: list[tuple[str, str]] = []
-        for kind, records, vi, ei, width in (
-            ("n", nodes, N_OUT, N_ERR, 9),
-            ("i", items, I_RES, I_ERR, 6),
-        ):
-            for rec in records:
-                rec = [*rec[:width], *[None] * (width - len(rec)), _opt(rec, width),
-                       _opt(rec, width + 1)]  # fmt: skip
-                if rec[ei] is not None and not isinstance(rec[ei], str):
-                    rec[ei] = str(rec[ei])
-                if rec[vi] is not None:
-                    value_text, digest, note = self.pack_value(rec[vi])
-                    if value_text is None:
-                        rec[vi], rec[-2], rec[-1] = None, digest, note
-                        if digest:
-                            digests.append(digest)
-                texts.append((kind, _ENC.encode(rec)))
-        rows: list[str] = []
-        cur: dict[str, list[str]] = {"n": [], "i": []}
-        size = 0
-        for kind, t in texts:
-            if size and size + len(t) > MAX_INLINE_BYTES:
-                rows.append(_row_text(cur))
-                cur, size = {"n": [], "i": []}, 0
-            cur[kind].append(t)
-            size += len(t) + 1
-        if size or not rows:
-            rows.append(_row_text(cur))
+        rows = rows_of(self.encode_records(nodes, True, digests),
+                       self.encode_records(items, False, digests))  # fmt: skip
         return rows, digests
 
     # -- runs --------------------------------------------------------------------------------
@@ -627,8 +655,8 @@ class RunStore:
         out: dict[str, NodeState] = {}
         for nid, rec in nodes.items():
             blob, note = _opt(rec, N_BLOB), _opt(rec, N_NOTE)
-            st = NodeState(nid, rec[N_STATUS], rec[N_ACTION], rec[N_ERR], rec[N_START],
-                           rec[N_END], rec[N_ATT], rec[N_ITEMS], note=note)  # fmt: skip
+            st = NodeState(nid, rec[N_STATUS], rec[N_ACTION], rec[N_ERR], _secs(rec[N_START]),
+                           _secs(rec[N_END]), rec[N_ATT], rec[N_ITEMS], note=note)  # fmt: skip
             if rec[N_STATUS] in ("running", "skipped"):
                 st.has_outputs = False
             elif blob:
@@ -758,8 +786,32 @@ class RunStore:
         return removed
 
 
-def _row_text(cur: dict[str, list[str]]) -> str:
-    return '{"n":[' + ",".join(cur["n"]) + '],"i":[' + ",".join(cur["i"]) + "]}"
+def rows_of(node_texts: list[str], item_texts: list[str]) -> list[str]:
+    """Assemble encoded records into log rows of at most ~MAX_INLINE_BYTES each."""
+    total = sum(map(len, node_texts)) + sum(map(len, item_texts))
+    if total <= MAX_INLINE_BYTES // 4:
+        return [_row_text(node_texts, item_texts)]
+    rows: list[str] = []
+    cur_n: list[str] = []
+    cur_i: list[str] = []
+    size = 0
+    for texts, cur in ((node_texts, cur_n), (item_texts, cur_i)):
+        for t in texts:
+            n = _size(t) + 1
+            if size and size + n > MAX_INLINE_BYTES:
+                rows.append(_row_text(cur_n, cur_i))
+                cur_n.clear()
+                cur_i.clear()
+                size = 0
+            cur.append(t)
+            size += n
+    if size or not rows:
+        rows.append(_row_text(cur_n, cur_i))
+    return rows
+
+
+def _row_text(node_texts: list[str], item_texts: list[str]) -> str:
+    return '{"n":[' + ",".join(node_texts) + '],"i":[' + ",".join(item_texts) + "]}"
 
 
 @contextmanager
@@ -796,6 +848,15 @@ def _chunks(seq: list[str], n: int) -> Iterator[list[str]]:
 
 _ITEM_KEYS = ("status", "result", "error", "attempts")
 _ITEM_FIELDS = operator.itemgetter(*_ITEM_KEYS)
+_ITEM = ev.ITEM_FINISHED
+_NODE_FINISHED = ev.NODE_FINISHED
+_NODE_STARTED = ev.NODE_STARTED
+_encode = _make_fast_encode()
+# Anything the fast path cannot take: missing fields, values JSON cannot hold.
+_FALLBACK = (KeyError, TypeError, ValueError, RecursionError)
+# An encoded record longer than this (in characters) may exceed MAX_INLINE_BYTES in UTF-8: the
+# writer thread re-checks it and moves the value to a side file if needed.
+_INLINE_CHARS = MAX_INLINE_BYTES // 4
 
 _WANTED = frozenset(
     {
@@ -844,12 +905,16 @@ class CheckpointWriter:
         self._wall_offset = time.time() - time.perf_counter()
         self._segment_start = time.time()
         self._prev_duration = 0.0
-        self._node_started: dict[str, float] = {}
+        self._js: dict[Any, str] = {}  # cached JSON of ids, statuses, actions (see on_event)
+        self._slow_started: dict[str, float | None] = {}  # start times for the writer's slow path
         self._node_items: dict[str, int] = {}
+        # node -> start (perf_counter) of the nodes running now; written by the loop thread
+        self._running: dict[str, float] = {}
+        self._written_running: dict[str, float] = {}  # what the writer recorded as running
         self._finished_event: ev.Event | None = None
         self._retrying = False
 
-        whash, doc = workflow_document(workflow)
+        whash, doc = workflow_document(workflow, workflow_path)
         # A fresh run without an explicit id follows the id the engine announces in run_started.
         self._adopt_id = resume is None and run_id is None
         if resume is not None:
@@ -877,21 +942,92 @@ class CheckpointWriter:
             else:
                 raise StoreError("could not allocate a unique run id")
 
-        self._queue: deque[ev.Event] = deque()
+        self._queue: deque[Any] = deque()  # node records and other events, in order
+        self._items: deque[ev.Event] = deque()  # item completions (the hot path)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closed = False
+        # Opened here, before the run starts: opening it on the writer thread would make that
+        # thread contend for the GIL with the busy loop right at the start of the run.
+        try:
+            self._conn = store.connect()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open run store {store.path}: {exc}") from None
         self._thread = threading.Thread(target=self._loop, name="fanflow-checkpoint", daemon=True)
         self._thread.start()
 
     # -- loop thread ------------------------------------------------------------------------
 
     def on_event(self, event: ev.Event) -> None:
-        if event.kind in _WANTED:
-            q = self._queue
-            q.append(event)
-            if len(q) == self.flush_events:
+        """Runs on the loop thread, so it does as little as possible. Item completions are queued
+        as they are (the writer encodes them in bulk, or skips them when their batch completes
+        before the next flush). A finished node is encoded here with a reused C encoder: under
+        CPython's GIL an encode on the writer thread would hold up the loop just as long, and
+        doing it here saves handing the GIL back and forth. Anything unusual (a value JSON
+        cannot hold, a value that may need a side file) is queued raw for the writer thread,
+        which does all disk I/O."""
+        kind = event.kind
+        if kind == _ITEM:
+            items = self._items
+            items.append(event)
+            if len(items) == self.flush_events:
                 self._wake.set()
+            return
+        if kind == _NODE_FINISHED:
+            node = event.node
+            started = self._running.pop(node, None)
+            d = event.data
+            if d.get("resumed"):
+                return  # a node replayed from the store: its record is already there
+            status = d.get("status")
+            off = self._wall_offset
+            js = self._js
+            # The record's JSON, assembled from cached encodings of its small parts (ids,
+            # statuses, actions): a generic encode of the whole tuple costs several times more.
+            try:
+                outputs = d.get("outputs")
+                out = _encode(outputs) if outputs else "{}"
+                get, add = js.get, self._js_add
+                action, err, att = d.get("action"), d.get("error"), d.get("attempts")
+                n = self._node_items.get(node) if self._node_items else None
+                text = (
+                    f"[{get(node) or add(node)},{get(status) or add(status)},"
+                    f"{get(action) or add(action)},{out},{get(err) or add(err)},"
+                    f"{get(att) or add(att)},{'null' if n is None else int(n)},"
+                    f"{'null' if started is None else int((started + off) * 1e6)},"
+                    f"{int((event.t + off) * 1e6)}]"
+                )
+            except _FALLBACK:
+                text = None
+            entry: Any
+            if text is not None and len(text) <= _INLINE_CHARS:
+                entry = (node, status, text)
+            else:
+                self._slow_started[node] = started
+                entry = event
+        elif kind == _NODE_STARTED:
+            node = event.node
+            d = event.data
+            if d:
+                if d.get("resumed"):
+                    return
+                n = d.get("batch")
+                if n is not None:
+                    self._node_items[node] = n
+            self._running[node] = event.t  # the writer reads this at each flush
+            return
+        elif kind in _WANTED:
+            if kind == ev.RUN_STARTED:
+                ws = event.data.get("wall_start")
+                if isinstance(ws, int | float):
+                    self._wall_offset = ws - event.t
+            entry = event
+        else:
+            return
+        q = self._queue
+        q.append(entry)
+        if len(q) == self.flush_events:
+            self._wake.set()
 
     def close(self) -> None:
         """Flush everything, record the final status, stop the thread. Idempotent."""
@@ -902,14 +1038,18 @@ class CheckpointWriter:
         self._wake.set()
         self._thread.join()
 
+    def _js_add(self, value: Any) -> str:
+        """JSON of a small scalar (id, status, action, attempt count), cached while the cache
+        is small; anything unusual raises into the caller's slow path."""
+        text = _encode(value)
+        if len(self._js) < 4096 and isinstance(value, str | int | None) and len(text) < 200:
+            self._js[value] = text
+        return text
+
     # -- writer thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        try:
-            conn = self.store.connect()
-        except sqlite3.Error as exc:
-            self._report(f"cannot open the run store: {exc}")
-            return
+        conn = self._conn
         try:
             while not self._stop.is_set():
                 self._wake.wait(self.flush_interval)
@@ -921,18 +1061,17 @@ class CheckpointWriter:
             conn.close()
 
     def _flush(self, conn: sqlite3.Connection) -> None:
-        q = self._queue
-        if not q:
+        # Items first: a batch's items all precede its node_finished, so a batch node seen
+        # finished below has every item it will ever have in `items` or in an earlier flush.
+        iq, q = self._items, self._queue
+        if not q and not iq:
             return
-        batch = []
+        pop = iq.popleft
+        items = [pop() for _ in range(len(iq))]
         pop = q.popleft
+        batch = [pop() for _ in range(len(q))]
         try:
-            while True:
-                batch.append(pop())
-        except IndexError:
-            pass
-        try:
-            self._write(conn, batch)
+            self._write(conn, batch, items)
             self._retrying = False
         except sqlite3.OperationalError as exc:
             # Most likely another process held the lock past the busy timeout: try once more on
@@ -943,69 +1082,42 @@ class CheckpointWriter:
             else:
                 self._retrying = True
                 q.extendleft(reversed(batch))
+                iq.extendleft(reversed(items))
         except Exception as exc:  # a checkpoint problem must never break the run itself
             self._report(f"checkpoint write failed: {type(exc).__name__}: {exc}")
 
-    def _write(self, conn: sqlite3.Connection, batch: list[ev.Event]) -> None:
+    def _write(self, conn: sqlite3.Connection, batch: list[Any], items: list[ev.Event]) -> None:
+        """Commit one flush. `batch` holds encoded node records ((node, status, text)) and raw
+        events; `items` the item completions."""
         rid = self.run_id
         off = self._wall_offset
-        nodes: dict[str, list[Any]] = {}  # last record per node within this flush
-        items: list[Any] = []
+        enc = self.store.encode_record
+        digests: list[str] = []
+        nodes: dict[str, str] = {}  # last record per node within this flush (encoded)
+        done: set[str] = set()  # batch nodes that succeeded within this flush
+        item_events = items
         rename: tuple[str, str] | None = None
-        item_kind = ev.ITEM_FINISHED
-        others = [e for e in batch if e.kind != item_kind]
-        if len(others) != len(batch):
-            # The hot path (10,000-item batches): one tuple per item, built in a comprehension.
-            # Items of a batch node that succeeded within this same flush are not written one by
-            # one: the node's own record carries every result, and only a batch that did not
-            # complete needs its items for a resume.
-            done = {
-                e.node
-                for e in others
-                if e.kind == ev.NODE_FINISHED and e.data.get("status") == "success"
-            }
-            try:
-                items = [
-                    (e.node, e.item, *_ITEM_FIELDS(e.data))
-                    for e in batch
-                    if e.kind == item_kind and e.node not in done
-                ]
-            except KeyError:  # an emitter that leaves fields out: slower, tolerant path
-                items = [
-                    (e.node, e.item, *(e.data.get(k) for k in _ITEM_KEYS))
-                    for e in batch
-                    if e.kind == item_kind and e.node not in done
-                ]
-        started_now: dict[str, float] = {}
-        node_started, node_items = self._node_started, self._node_items
-        for e in others:
+        for e in batch:
+            if type(e) is tuple:
+                node, status, text = e
+                nodes[node] = text
+                if status == "success":
+                    done.add(node)
+                continue
             kind, node, d = e.kind, e.node, e.data
-            if kind == ev.NODE_FINISHED:
-                if d.get("resumed"):
-                    continue  # a node replayed from the store: its record is already there
-                started_now.pop(node, None)
-                err = d.get("error")
-                if err is not None and type(err) is not str:
-                    err = str(err)
-                nodes[node] = [node, d.get("status"), d.get("action"), d.get("outputs") or {}, err,
-                               d.get("attempts"), node_items.get(node), node_started.get(node),
-                               e.t + off]  # fmt: skip
-            elif kind == ev.NODE_STARTED:
-                if d.get("resumed"):
-                    continue
-                node_started[node] = started_now[node] = e.t + off
-                n = d.get("batch")
-                if n is not None:
-                    node_items[node] = n
-                nodes.pop(node, None)
+            if kind == _NODE_FINISHED:  # the slow path: a value for a side file or a note
+                started = self._slow_started.pop(node, None)
+                nodes[node] = enc((node, d.get("status"), d.get("action"), d.get("outputs") or {},
+                                   d.get("error"), d.get("attempts"), self._node_items.get(node),
+                                   None if started is None else int((started + off) * 1e6),
+                                   int((e.t + off) * 1e6)), True, digests)  # fmt: skip
+                if d.get("status") == "success":
+                    done.add(node)
             elif kind == ev.NODE_SKIPPED:
-                started_now.pop(node, None)
-                nodes[node] = [node, "skipped", None, None, None, None, None, None, e.t + off,
-                               None, _str(d.get("reason"))]  # fmt: skip
+                nodes[node] = enc((node, "skipped", None, None, None, None, None, None,
+                                   int((e.t + off) * 1e6), None, _str(d.get("reason"))),
+                                  True, digests)  # fmt: skip
             elif kind == ev.RUN_STARTED:
-                ws = d.get("wall_start")
-                if isinstance(ws, int | float):
-                    self._wall_offset = off = ws - e.t
                 engine_id = d.get("run_id")
                 if self._adopt_id and engine_id and engine_id != rid:
                     self._adopt_id = False
@@ -1016,11 +1128,42 @@ class CheckpointWriter:
                         rid = str(engine_id)
             elif kind == ev.RUN_FINISHED:
                 self._finished_event = e
-        for node, t in started_now.items():  # started and still running at this flush
-            nodes[node] = [node, "running", None, None, None, None, node_items.get(node), t, None]
-        if not nodes and not items and rename is None:
+        # Nodes running right now (taken after draining the queue, so a node that finished
+        # before this point is either in this flush or not in the snapshot).
+        for node, started in self._running.copy().items():
+            if self._written_running.get(node) != started or node in nodes:
+                self._written_running[node] = started
+                nodes[node] = enc((node, "running", None, None, None, None,
+                                   self._node_items.get(node), int((started + off) * 1e6), None),
+                                  True, digests)  # fmt: skip
+        # Items of a batch that succeeded within this flush are not written one by one: the
+        # node's record carries every result (only an unfinished batch needs them to resume).
+        items_json = None
+        if item_events:
+            try:
+                records = [(e.node, e.item, *_ITEM_FIELDS(e.data))
+                           for e in item_events if e.node not in done]  # fmt: skip
+            except KeyError:  # an emitter that leaves fields out: the tolerant path
+                records = [(e.node, e.item, *(e.data.get(k) for k in _ITEM_KEYS))
+                           for e in item_events if e.node not in done]  # fmt: skip
+            del item_events
+            try:
+                items_json = _encode(records)
+                if len(items_json) > _INLINE_CHARS:
+                    items_json = None
+            except _FALLBACK:
+                items_json = None
+            if items_json is None:
+                rows = rows_of(list(nodes.values()),
+                               self.store.encode_records(records, False, digests))  # fmt: skip
+            else:
+                rows = ['{"n":[' + ",".join(nodes.values()) + '],"i":' + items_json + "}"]
+        elif nodes:
+            rows = rows_of(list(nodes.values()), [])
+        else:
+            rows = []
+        if not rows and rename is None:
             return
-        rows, digests = self.store.pack_records(list(nodes.values()), items)
         try:
             with transaction(conn):
                 if rename is not None:
@@ -1028,7 +1171,7 @@ class CheckpointWriter:
                         conn.execute(
                             f"UPDATE {table} SET {col}=? WHERE {col}=?", (rename[1], rename[0])
                         )
-                if nodes or items:
+                if rows:
                     conn.executemany(
                         "INSERT INTO log (run_id, data) VALUES (?, ?)", [(rid, r) for r in rows]
                     )
