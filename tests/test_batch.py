@@ -61,7 +61,7 @@ def test_fail_fast_cancels_a_slow_items_process(write_wf, tmp_path):
     res = run_cli("run", str(write_wf(wf([node]))), "--output-format", "json", timeout=40)
     assert res.code == 1
     assert time.monotonic() - t0 < 15, "the slow item was not cancelled"
-    assert "item [1] failed" in res.json["error"]
+    assert "batch failed at item [1]: command failed with exit code 9" in res.json["error"]
     time.sleep(0.5)
     assert not marker.exists()
 

@@ -72,7 +72,7 @@ async def run_batch(rt: Runtime, node_id: str, items: list[Any]) -> dict[str, An
                          error=message, attempts=getattr(exc, "attempts", 1), item=item)  # fmt: skip
                 if fail_fast:
                     stopped = True
-                    raise _StopBatch(f"item [{i}] failed: {message}") from exc
+                    raise _StopBatch(f"item [{i}]: {message}") from exc
                 continue
             durations.append(time.perf_counter() - t0)
             results[i] = outputs
