@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fanflow.engine.inputs import parse_cli_pairs
+from fanflow.engine.inputs import parse_cli_pairs, resolve_inputs
 from fanflow.engine.runner import RunResult, run_async
 from fanflow.ir.load import load_workflow
 
@@ -29,34 +29,47 @@ def execute_run(
 ) -> tuple[RunResult, str | None]:
     """Run a workflow file as the CLI does. Returns the result and the summary text."""
     workflow = load_workflow(workflow_path)
-    inputs = parse_cli_pairs(input_pairs)
+    raw_inputs: dict[str, Any] = parse_cli_pairs(input_pairs)
+    from_text = True
 
-    listeners: list[Any] = []
-    progress = _progress(quiet)
-    if progress is not None:
-        listeners.append(progress)
-    summary = _summary()
-    if summary is not None:
-        listeners.append(summary)
+    store = resume = None
+    if checkpoint or resume_ref:
+        from fanflow.store.runs import RunStore
+
+        store = RunStore(Path(store_path) if store_path else None)
+    if resume_ref and not input_pairs:
+        # `--resume` alone continues with the inputs the stored run had.
+        raw_inputs, from_text = _stored_inputs(store, resume_ref, workflow_path, workflow), False
+    # Typed once here, so the run store and a resume compare the values the run sees.
+    inputs = resolve_inputs(workflow, raw_inputs, from_text=from_text)
+    if resume_ref:
+        from fanflow.store.resume import load_resume
+
+        resume = load_resume(store, resume_ref, workflow, inputs)
+
+    listeners: list[Any] = [_progress(quiet)]
     trace = None
     if trace_path or timeline_path:
         from fanflow.observe.trace import TraceWriter
 
         trace = TraceWriter(Path(trace_path) if trace_path else None)
         listeners.append(trace)
+    from fanflow.observe.summary import SummaryCollector
 
-    resume = None
-    if checkpoint or resume_ref:
-        _store, resume, writer = _checkpointing(
-            workflow_path, workflow, inputs, store_path, resume_ref, checkpoint
-        )
-        if writer is not None:
-            listeners.append(writer)
+    # With a trace, the summary reads the trace's recording instead of recording again.
+    summary = SummaryCollector(trace.recorder if trace else None)
+    if trace is None:
+        listeners.append(summary)
+    if checkpoint:
+        from fanflow.store.runs import CheckpointWriter
+
+        listeners.append(CheckpointWriter(store, workflow_path=workflow_path, workflow=workflow,
+                                          inputs=inputs, resume=resume))  # fmt: skip
 
     result = asyncio.run(
         run_async(
             workflow, inputs, max_concurrent=max_concurrent, listeners=listeners, resume=resume,
-            limits=limit_specs, inputs_from_text=True, handle_sigint=True, workflow_name=workflow_path,
+            limits=limit_specs, handle_sigint=True, workflow_name=workflow_path,
         )
     )  # fmt: skip
     if timeline_path and trace is not None:
@@ -66,49 +79,20 @@ def execute_run(
             write_timeline(trace.to_dict(), timeline_path)
         except OSError as exc:  # the run's result stands; say why the picture is missing
             result.warnings.append(f"cannot write timeline {timeline_path}: {exc.strerror or exc}")
-    text = None
-    if summary is not None:
-        from fanflow.observe.summary import format_summary
+    from fanflow.observe.summary import format_summary
 
-        data = summary.summary()
-        result.summary = data
-        text = format_summary(data)
-    return result, text
+    result.summary = summary.summary()
+    return result, format_summary(result.summary)
 
 
 def _progress(quiet: bool) -> Any:
-    try:
-        from fanflow.observe.progress import make_progress
-    except ImportError:
-        return None
+    from fanflow.observe.progress import make_progress
+
     return make_progress(stream=sys.stderr, quiet=quiet)
 
 
-def _summary() -> Any:
-    try:
-        from fanflow.observe.summary import SummaryCollector
-    except ImportError:
-        return None
-    return SummaryCollector()
+def _stored_inputs(store: Any, ref: str, workflow_path: str, workflow: Any) -> dict[str, Any]:
+    from fanflow.store.runs import workflow_name
 
-
-def _checkpointing(
-    workflow_path: str, workflow: Any, inputs: dict[str, Any], store_path: str | None,
-    resume_ref: str | None, checkpoint: bool,
-) -> tuple[Any, Any, Any]:  # fmt: skip
-    try:
-        from fanflow.store.runs import CheckpointWriter, RunStore
-    except ImportError:
-        return None, None, None
-    store = RunStore(Path(store_path) if store_path else None)
-    resume = None
-    if resume_ref:
-        from fanflow.store.resume import load_resume
-
-        resume = load_resume(store, resume_ref, workflow, inputs)
-    writer = None
-    if checkpoint:
-        writer = CheckpointWriter(
-            store, workflow_path=workflow_path, workflow=workflow, resume=resume
-        )
-    return store, resume, writer
+    name = workflow_name(workflow_path, workflow) if ref.strip() == "last" else None
+    return dict(store.get_run(ref, workflow=name).inputs or {})

@@ -30,8 +30,10 @@ def _ms(seconds: float) -> float:
 class SummaryCollector:
     """Listener; call `summary()` after the run (or during it, for a partial picture)."""
 
-    def __init__(self) -> None:
-        self._rec = Recorder()
+    def __init__(self, recorder: Recorder | None = None) -> None:
+        # A recorder shared with a TraceWriter records each event once for both; the owner of
+        # the recorder is then the only one subscribed to the bus.
+        self._rec = recorder or Recorder()
         self.on_event = self._rec.on_event  # the hot path is one append
 
     def on_event(self, event: Event) -> None:  # replaced per instance in __init__

@@ -61,6 +61,10 @@ class TraceWriter:
         self.error: str | None = None  # set when close() could not write the file
         self.on_event = self._rec.on_event  # bound once: the hot path is a single append
 
+    @property
+    def recorder(self) -> Recorder:
+        return self._rec
+
     def on_event(self, event: Event) -> None:  # replaced per instance in __init__
         self._rec.on_event(event)
 
