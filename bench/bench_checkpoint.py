@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import shutil
 import statistics
@@ -57,13 +58,13 @@ BASELINES = {
 }
 
 
-def run_once(workflow: Any, make: Any, store: RunStore | None) -> float:
+def run_once(workflow: Any, make: Any, store: RunStore | None, path: Path | None = None) -> float:
     gc.collect()
     t0 = time.perf_counter()
     listeners: list[Any] = make()
     writer = None
     if store is not None:
-        writer = CheckpointWriter(store, workflow=workflow, workflow_path="bench.json", inputs={})
+        writer = CheckpointWriter(store, workflow=workflow, workflow_path=path, inputs={})
         listeners.append(writer)
     result = fanflow.run(workflow, listeners=listeners, run_id=writer.run_id if writer else None)
     elapsed = time.perf_counter() - t0  # run() closes the bus: the writer has flushed by now
@@ -85,20 +86,28 @@ def main() -> None:
     ratios: dict[str, float] = {}
     try:
         store = RunStore(tmp / "runs.db")  # one store, as in a project: it exists before the run
+        shell_n = 100 if args.quick else 400
         cases = (
             (f"chain {n:,} no-op nodes", chain(n)),
             (f"batch {n:,} no-op items", batch(n, "bench-noop", {}, 100)),
+            # for scale: a batch whose items do real (if tiny) work
+            (
+                f"batch {shell_n} shell `true` items",
+                batch(shell_n, "shell", {"command": "true"}, 16),
+            ),
         )
         for label, doc in cases:
-            workflow = fanflow.load_workflow(doc)
+            path = tmp / "wf.json"  # as from the CLI: the run records the file it ran
+            path.write_text(json.dumps(doc))
+            workflow = fanflow.load_workflow(path)
             run_once(workflow, lambda: [], None)  # warm-up (imports, caches)
-            run_once(workflow, lambda: [], store)
+            run_once(workflow, lambda: [], store, path)
             print(label)
             for base_name, make in BASELINES.items():
                 base, ckpt = [], []
                 for _ in range(repeats):  # interleaved: machine drift hits both alike
                     base.append(run_once(workflow, make, None))
-                    ckpt.append(run_once(workflow, make, store))
+                    ckpt.append(run_once(workflow, make, store, path))
                 b, c = statistics.median(base), statistics.median(ckpt)
                 ratios[f"{label} / {base_name}"] = c / b
                 # best-of alongside the median: on a shared machine the minimum is the run

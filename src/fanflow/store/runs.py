@@ -789,8 +789,10 @@ class RunStore:
 def rows_of(node_texts: list[str], item_texts: list[str]) -> list[str]:
     """Assemble encoded records into log rows of at most ~MAX_INLINE_BYTES each."""
     total = sum(map(len, node_texts)) + sum(map(len, item_texts))
-    if total <= MAX_INLINE_BYTES // 4:
-        return [_row_text(node_texts, item_texts)]
+    if total <= MAX_INLINE_BYTES:
+        row = _row_text(node_texts, item_texts)
+        if total * 4 <= MAX_INLINE_BYTES or _size(row) <= MAX_INLINE_BYTES:
+            return [row]
     rows: list[str] = []
     cur_n: list[str] = []
     cur_i: list[str] = []
@@ -905,7 +907,14 @@ class CheckpointWriter:
         self._wall_offset = time.time() - time.perf_counter()
         self._segment_start = time.time()
         self._prev_duration = 0.0
-        self._js: dict[Any, str] = {}  # cached JSON of ids, statuses, actions (see on_event)
+        # cached JSON of ids, statuses, actions (see on_event); the workflow's node ids up front
+        self._js: dict[Any, str] = {None: "null", "success": '"success"', "default": '"default"'}
+        ids = (
+            getattr(getattr(workflow, "graph", None), "ids", None) if workflow is not None else None
+        )
+        if ids:
+            self._js.update((i, _encode(i)) for i in ids)
+        self._js_limit = len(self._js) + 4096
         self._slow_started: dict[str, float | None] = {}  # start times for the writer's slow path
         self._node_items: dict[str, int] = {}
         # node -> start (perf_counter) of the nodes running now; written by the loop thread
@@ -1001,7 +1010,8 @@ class CheckpointWriter:
                 text = None
             entry: Any
             if text is not None and len(text) <= _INLINE_CHARS:
-                entry = (node, status, text)
+                # plain nodes: the bare text; batch nodes: the writer must see them finish
+                entry = text if n is None else (node, status, text)
             else:
                 self._slow_started[node] = started
                 entry = event
@@ -1042,7 +1052,7 @@ class CheckpointWriter:
         """JSON of a small scalar (id, status, action, attempt count), cached while the cache
         is small; anything unusual raises into the caller's slow path."""
         text = _encode(value)
-        if len(self._js) < 4096 and isinstance(value, str | int | None) and len(text) < 200:
+        if len(self._js) < self._js_limit and type(value) in (str, int) and len(text) < 200:
             self._js[value] = text
         return text
 
@@ -1087,55 +1097,62 @@ class CheckpointWriter:
             self._report(f"checkpoint write failed: {type(exc).__name__}: {exc}")
 
     def _write(self, conn: sqlite3.Connection, batch: list[Any], items: list[ev.Event]) -> None:
-        """Commit one flush. `batch` holds encoded node records ((node, status, text)) and raw
-        events; `items` the item completions."""
+        """Commit one flush. `batch` holds encoded node records (str; (node, status, str) for
+        batch nodes) and raw events, in order; `items` the item completions."""
         rid = self.run_id
         off = self._wall_offset
         enc = self.store.encode_record
         digests: list[str] = []
-        nodes: dict[str, str] = {}  # last record per node within this flush (encoded)
         done: set[str] = set()  # batch nodes that succeeded within this flush
         item_events = items
         rename: tuple[str, str] | None = None
-        for e in batch:
-            if type(e) is tuple:
-                node, status, text = e
-                nodes[node] = text
-                if status == "success":
-                    done.add(node)
-                continue
-            kind, node, d = e.kind, e.node, e.data
-            if kind == _NODE_FINISHED:  # the slow path: a value for a side file or a note
-                started = self._slow_started.pop(node, None)
-                nodes[node] = enc((node, d.get("status"), d.get("action"), d.get("outputs") or {},
-                                   d.get("error"), d.get("attempts"), self._node_items.get(node),
-                                   None if started is None else int((started + off) * 1e6),
-                                   int((e.t + off) * 1e6)), True, digests)  # fmt: skip
-                if d.get("status") == "success":
-                    done.add(node)
-            elif kind == ev.NODE_SKIPPED:
-                nodes[node] = enc((node, "skipped", None, None, None, None, None, None,
-                                   int((e.t + off) * 1e6), None, _str(d.get("reason"))),
-                                  True, digests)  # fmt: skip
-            elif kind == ev.RUN_STARTED:
-                engine_id = d.get("run_id")
-                if self._adopt_id and engine_id and engine_id != rid:
-                    self._adopt_id = False
-                    if conn.execute("SELECT 1 FROM runs WHERE id=?", (engine_id,)).fetchone():
-                        self._report(f"run id {engine_id} already exists; stored as {rid}")
-                    else:
-                        rename = (rid, str(engine_id))
-                        rid = str(engine_id)
-            elif kind == ev.RUN_FINISHED:
-                self._finished_event = e
-        # Nodes running right now (taken after draining the queue, so a node that finished
-        # before this point is either in this flush or not in the snapshot).
+        node_texts = [e for e in batch if type(e) is str]
+        if len(node_texts) != len(batch):  # something else too: go through it in order
+            node_texts = []
+            for e in batch:
+                if type(e) is str:
+                    node_texts.append(e)
+                    continue
+                if type(e) is tuple:
+                    node, status, text = e
+                    node_texts.append(text)
+                    if status == "success":
+                        done.add(node)
+                    continue
+                kind, node, d = e.kind, e.node, e.data
+                if kind == _NODE_FINISHED:  # the slow path: a value for a side file or a note
+                    started = self._slow_started.pop(node, None)
+                    node_texts.append(enc((node, d.get("status"), d.get("action"),
+                                           d.get("outputs") or {}, d.get("error"),
+                                           d.get("attempts"), self._node_items.get(node),
+                                           None if started is None else int((started + off) * 1e6),
+                                           int((e.t + off) * 1e6)), True, digests))  # fmt: skip
+                    if d.get("status") == "success":
+                        done.add(node)
+                elif kind == ev.NODE_SKIPPED:
+                    node_texts.append(enc((node, "skipped", None, None, None, None, None, None,
+                                           int((e.t + off) * 1e6), None, _str(d.get("reason"))),
+                                          True, digests))  # fmt: skip
+                elif kind == ev.RUN_STARTED:
+                    engine_id = d.get("run_id")
+                    if self._adopt_id and engine_id and engine_id != rid:
+                        self._adopt_id = False
+                        if conn.execute("SELECT 1 FROM runs WHERE id=?", (engine_id,)).fetchone():
+                            self._report(f"run id {engine_id} already exists; stored as {rid}")
+                        else:
+                            rename = (rid, str(engine_id))
+                            rid = str(engine_id)
+                elif kind == ev.RUN_FINISHED:
+                    self._finished_event = e
+        # Nodes running right now (taken after draining the queue: a node that finished before
+        # this point has its record in this flush or an earlier one; a record appended later in
+        # a row wins when the log is folded).
         for node, started in self._running.copy().items():
-            if self._written_running.get(node) != started or node in nodes:
+            if self._written_running.get(node) != started:
                 self._written_running[node] = started
-                nodes[node] = enc((node, "running", None, None, None, None,
-                                   self._node_items.get(node), int((started + off) * 1e6), None),
-                                  True, digests)  # fmt: skip
+                node_texts.append(enc((node, "running", None, None, None, None,
+                                       self._node_items.get(node), int((started + off) * 1e6),
+                                       None), True, digests))  # fmt: skip
         # Items of a batch that succeeded within this flush are not written one by one: the
         # node's record carries every result (only an unfinished batch needs them to resume).
         items_json = None
@@ -1154,12 +1171,11 @@ class CheckpointWriter:
             except _FALLBACK:
                 items_json = None
             if items_json is None:
-                rows = rows_of(list(nodes.values()),
-                               self.store.encode_records(records, False, digests))  # fmt: skip
+                rows = rows_of(node_texts, self.store.encode_records(records, False, digests))
             else:
-                rows = ['{"n":[' + ",".join(nodes.values()) + '],"i":' + items_json + "}"]
-        elif nodes:
-            rows = rows_of(list(nodes.values()), [])
+                rows = ['{"n":[' + ",".join(node_texts) + '],"i":' + items_json + "}"]
+        elif node_texts:
+            rows = rows_of(node_texts, [])
         else:
             rows = []
         if not rows and rename is None:
