@@ -14,13 +14,10 @@ pointing at nothing. See docs/durable-runs.md.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import operator
 import os
-import secrets
-import socket
 import sqlite3
 import sys
 import threading
@@ -29,12 +26,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fanflow.engine import events as ev
 from fanflow.errors import EXIT_INVALID, FanflowError
+
+if TYPE_CHECKING:
+    from datetime import timedelta
 
 DB_NAME = "runs.db"
 BLOB_DIR = "blobs"
@@ -53,6 +52,7 @@ BLOB_GRACE_SECONDS = 600.0
 BUSY_TIMEOUT_MS = 10_000
 
 _BYTES_TAG = "__fanflow_bytes__"
+_HOST = os.uname().nodename if hasattr(os, "uname") else ""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -148,17 +148,21 @@ def new_run_id(now: float | None = None) -> str:
 
     Example: 20261128-105812-3f9a."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
-    return f"{stamp}-{secrets.token_hex(2)}"
+    return f"{stamp}-{os.urandom(2).hex()}"
 
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, bytes | bytearray | memoryview):
+        import base64
+
         return {_BYTES_TAG: base64.b64encode(bytes(obj)).decode("ascii")}
     raise TypeError(f"value of type {type(obj).__name__} is not JSON-serialisable")
 
 
 def _bytes_hook(d: dict[str, Any]) -> Any:
     if len(d) == 1 and _BYTES_TAG in d:
+        import base64
+
         return base64.b64decode(d[_BYTES_TAG])
     return d
 
@@ -291,7 +295,7 @@ class NodeState:
 def _process_alive(pid: int | None, host: str | None) -> bool:
     if not pid:
         return False
-    if host and host != socket.gethostname():
+    if host and host != _HOST:
         return True  # cannot tell from here: assume it may still be running
     try:
         os.kill(pid, 0)
@@ -509,7 +513,7 @@ class RunStore:
                     inputs_text,
                     started if started is not None else time.time(),
                     os.getpid(),
-                    socket.gethostname(),
+                    _HOST,
                 ),
             )
 
@@ -544,7 +548,7 @@ class RunStore:
                     "UPDATE runs SET status='running', attempts=attempts+1, pid=?, host=?,"
                     " workflow_hash=COALESCE(?, workflow_hash), finished=NULL, error=NULL,"
                     " failed_node=NULL WHERE id=?",
-                    (os.getpid(), socket.gethostname(), workflow_hash, run_id),
+                    (os.getpid(), _HOST, workflow_hash, run_id),
                 )
                 if cur.rowcount != 1:
                     raise UnknownRun(f"no run with id {run_id}")
@@ -731,7 +735,7 @@ class RunStore:
         Runs whose process is still alive are never deleted. Unreferenced side files go too."""
         if keep is None and older_than is None:
             raise ValueError("prune needs keep or older_than")
-        if isinstance(older_than, timedelta):
+        if hasattr(older_than, "total_seconds"):  # a timedelta
             older_than = older_than.total_seconds()
         runs = self.list_runs(limit=None)
         victims = []
