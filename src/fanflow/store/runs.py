@@ -974,11 +974,11 @@ class CheckpointWriter:
     def on_event(self, event: ev.Event) -> None:
         """Runs on the loop thread, so it does as little as possible. Item completions are queued
         as they are (the writer encodes them in bulk, or skips them when their batch completes
-        before the next flush). A finished node is encoded here with a reused C encoder: under
-        CPython's GIL an encode on the writer thread would hold up the loop just as long, and
-        doing it here saves handing the GIL back and forth. Anything unusual (a value JSON
-        cannot hold, a value that may need a side file) is queued raw for the writer thread,
-        which does all disk I/O."""
+        before the next flush). A finished plain node is encoded here from cached pieces and a
+        reused C encoder: under CPython's GIL an encode on the writer thread would hold up the
+        loop just as long, and doing it here saves handing the GIL back and forth. Batch nodes
+        (large outputs) and anything unusual (a value JSON cannot hold, a value that may need a
+        side file) are queued raw for the writer thread, which does all disk I/O."""
         kind = event.kind
         if kind == _ITEM:
             items = self._items
@@ -992,6 +992,13 @@ class CheckpointWriter:
             d = event.data
             if d.get("resumed"):
                 return  # a node replayed from the store: its record is already there
+            if self._node_items and node in self._node_items:
+                # A batch: its outputs hold every item's result and may be large. One encode,
+                # on the writer thread, which also decides on a side file.
+                self._slow_started[node] = started
+                q = self._queue
+                q.append(event)
+                return
             status = d.get("status")
             off = self._wall_offset
             js = self._js
@@ -1002,11 +1009,10 @@ class CheckpointWriter:
                 out = _encode(outputs) if outputs else "{}"
                 get, add = js.get, self._js_add
                 action, err, att = d.get("action"), d.get("error"), d.get("attempts")
-                n = self._node_items.get(node) if self._node_items else None
                 text = (
                     f"[{get(node) or add(node)},{get(status) or add(status)},"
                     f"{get(action) or add(action)},{out},{get(err) or add(err)},"
-                    f"{get(att) or add(att)},{'null' if n is None else int(n)},"
+                    f"{get(att) or add(att)},null,"
                     f"{'null' if started is None else int((started + off) * 1e6)},"
                     f"{int((event.t + off) * 1e6)}]"
                 )
@@ -1014,8 +1020,7 @@ class CheckpointWriter:
                 text = None
             entry: Any
             if text is not None and len(text) <= _INLINE_CHARS:
-                # plain nodes: the bare text; batch nodes: the writer must see them finish
-                entry = text if n is None else (node, status, text)
+                entry = text
             else:
                 self._slow_started[node] = started
                 entry = event
@@ -1101,8 +1106,8 @@ class CheckpointWriter:
             self._report(f"checkpoint write failed: {type(exc).__name__}: {exc}")
 
     def _write(self, conn: sqlite3.Connection, batch: list[Any], items: list[ev.Event]) -> None:
-        """Commit one flush. `batch` holds encoded node records (str; (node, status, str) for
-        batch nodes) and raw events, in order; `items` the item completions."""
+        """Commit one flush. `batch` holds encoded node records (str) and raw events (batch
+        nodes, unusual values, skips, run start/end), in order; `items` the item completions."""
         rid = self.run_id
         off = self._wall_offset
         enc = self.store.encode_record
@@ -1117,14 +1122,8 @@ class CheckpointWriter:
                 if type(e) is str:
                     node_texts.append(e)
                     continue
-                if type(e) is tuple:
-                    node, status, text = e
-                    node_texts.append(text)
-                    if status == "success":
-                        done.add(node)
-                    continue
                 kind, node, d = e.kind, e.node, e.data
-                if kind == _NODE_FINISHED:  # the slow path: a value for a side file or a note
+                if kind == _NODE_FINISHED:  # a batch node, or a value for a side file or a note
                     started = self._slow_started.pop(node, None)
                     node_texts.append(enc((node, d.get("status"), d.get("action"),
                                            d.get("outputs") or {}, d.get("error"),
