@@ -879,10 +879,12 @@ _WANTED = frozenset(
 class CheckpointWriter:
     """Event listener that persists the run as it happens.
 
-    `on_event` (loop thread) only appends to a deque: O(1), no lock, no I/O. A background thread
-    wakes every FLUSH_INTERVAL (or when FLUSH_EVENTS are waiting), drains the deque and commits
-    everything as one log row in one transaction, so a 10,000-item batch costs a handful of
-    commits, not 10,000. `close()` flushes the rest and records the final status.
+    `on_event` (loop thread) appends to a deque — no lock, no I/O — after encoding a finished
+    plain node's record (see on_event). A background thread wakes every FLUSH_INTERVAL (or when
+    FLUSH_EVENTS are waiting), drains the deques and commits everything as one log row in one
+    transaction, so a 10,000-item batch costs a handful of commits, not 10,000. `close()`
+    flushes the rest and records the final status; call it from a `finally` (the engine's
+    EventBus.close does).
 
     For a fresh run the run row is created here (synchronously, before anything runs), so a run
     killed before its first flush is still listed. For a resumed run pass `resume=` (the state
