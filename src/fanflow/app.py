@@ -43,9 +43,12 @@ def execute_run(
     # Typed once here, so the run store and a resume compare the values the run sees.
     inputs = resolve_inputs(workflow, raw_inputs, from_text=from_text)
     if resume_ref:
-        from fanflow.store.resume import load_resume
+        from fanflow.store.resume import describe_plan, plan_resume
 
-        resume = load_resume(store, resume_ref, workflow, inputs)
+        plan = plan_resume(store, resume_ref, workflow, inputs)
+        resume = plan.state
+        if not quiet:  # say what is reused and what runs again
+            print(describe_plan(plan), file=sys.stderr, flush=True)
 
     listeners: list[Any] = [_progress(quiet)]
     trace = None

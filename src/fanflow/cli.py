@@ -125,9 +125,9 @@ def validate(workflow: str) -> None:
 @click.option(
     "--store",
     "store_path",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
-    help="Run store (SQLite) path; default .fanflow/runs.db or $FANFLOW_HOME.",
+    help="Run store: a runs.db file or its folder (default .fanflow/ or $FANFLOW_HOME).",
 )
 @click.option("--no-checkpoint", is_flag=True, help="Do not record this run in the run store.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")

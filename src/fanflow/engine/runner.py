@@ -152,19 +152,19 @@ async def run_async(
         batch_nodes=[n.id for n in wf.nodes if n.batch is not None],
     )  # fmt: skip
     try:
-        await scheduler.run()
+        try:
+            await scheduler.run()
+        finally:
+            _restore_gc(gc_state)
+            if handle_sigint:
+                loop.remove_signal_handler(signal.SIGINT)
+            await ctx.aclose()
+            pool.shutdown(wait=False, cancel_futures=True)
+        result = _result(wf, rt, scheduler, run_id, time.perf_counter() - started)
+        bus.emit(ev.RUN_FINISHED, status=result.status, outputs=result.outputs, error=result.error,
+                 failed_node=result.failed_node, duration_ms=result.duration_ms)  # fmt: skip
     finally:
-        _restore_gc(gc_state)
-        if handle_sigint:
-            loop.remove_signal_handler(signal.SIGINT)
-        await ctx.aclose()
-        pool.shutdown(wait=False, cancel_futures=True)
-    duration = time.perf_counter() - started
-
-    result = _result(wf, rt, scheduler, run_id, duration)
-    bus.emit(ev.RUN_FINISHED, status=result.status, outputs=result.outputs, error=result.error,
-             failed_node=result.failed_node, duration_ms=result.duration_ms)  # fmt: skip
-    bus.close()
+        bus.close()  # listeners flush (checkpoints, trace) even if the run itself raised
     return result
 
 
