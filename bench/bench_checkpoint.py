@@ -31,7 +31,8 @@ import fanflow
 from bench_engine import batch, chain  # registers the bench-noop node type
 from fanflow.observe.progress import make_progress
 from fanflow.observe.summary import SummaryCollector
-from fanflow.store.runs import CheckpointWriter, RunStore
+from fanflow.store.checkpoint import CheckpointWriter
+from fanflow.store.runs import RunStore
 
 
 class NullListener:

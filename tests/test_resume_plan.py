@@ -14,8 +14,9 @@ from fanflow.engine import events as ev
 from fanflow.engine.events import Event
 from fanflow.errors import EXIT_INVALID, WorkflowInvalid
 from fanflow.ir.load import load_workflow
+from fanflow.store.checkpoint import CheckpointWriter
 from fanflow.store.resume import load_resume, plan_resume
-from fanflow.store.runs import CheckpointWriter, RunStore, UnknownRun
+from fanflow.store.runs import RunStore, UnknownRun
 
 
 def code(node_id: str, src: str = "result = 1", **extra: Any) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from fanflow.engine import events as ev
 from fanflow.engine.events import Event
 from fanflow.errors import EXIT_INVALID
 from fanflow.store import runs as runs_mod
+from fanflow.store.checkpoint import CheckpointWriter
 from fanflow.store.runs import (
     MAX_INLINE_BYTES,
-    CheckpointWriter,
     RunStore,
     UnknownRun,
     decode_value,
@@ -223,7 +223,8 @@ def test_concurrent_writers_finishing_at_once(tmp_path: Path) -> None:
         import sys, time
         from fanflow.engine import events as ev
         from fanflow.engine.events import Event
-        from fanflow.store.runs import CheckpointWriter, RunStore
+        from fanflow.store.checkpoint import CheckpointWriter
+        from fanflow.store.runs import RunStore
         w = CheckpointWriter(RunStore({str(path)!r}), workflow_path="proc.json",
                              flush_interval=0.001)
         while time.time() < float(sys.argv[1]):
@@ -274,7 +275,8 @@ _KILL_SCRIPT = """
 import sys, time
 from fanflow.engine import events as ev
 from fanflow.engine.events import Event
-from fanflow.store.runs import CheckpointWriter, MAX_INLINE_BYTES, RunStore
+from fanflow.store.checkpoint import CheckpointWriter
+from fanflow.store.runs import MAX_INLINE_BYTES, RunStore
 w = CheckpointWriter(RunStore(sys.argv[1]), workflow_path="wf.json", flush_interval=0.002)
 big = "z" * (MAX_INLINE_BYTES + 1)
 i = 0

@@ -64,7 +64,7 @@ def execute_run(
     if trace is None:
         listeners.append(summary)
     if checkpoint:
-        from fanflow.store.runs import CheckpointWriter
+        from fanflow.store.checkpoint import CheckpointWriter
 
         listeners.append(CheckpointWriter(store, workflow_path=workflow_path, workflow=workflow,
                                           inputs=inputs, resume=resume))  # fmt: skip
