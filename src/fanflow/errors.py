@@ -50,7 +50,9 @@ class WorkflowInvalid(FanflowError):
 
     def format(self) -> str:
         n = len(self.problems)
-        head = "invalid workflow" if n == 1 else f"invalid workflow ({n} problems)"
+        # Problems with no file come from the command line or environment (inputs, --limit).
+        head = "invalid workflow" if any(p.file for p in self.problems) else "invalid settings"
+        head = head if n == 1 else f"{head} ({n} problems)"
         return head + ":\n" + "\n".join("  - " + p.format() for p in self.problems)
 
 
