@@ -182,6 +182,18 @@ def plan_resume(
 
     partial: dict[str, int] = {}
     items = store.item_results(run.id)
+    for node_id, st in states.items():
+        # A finished `continue` batch with failures: its successful items come from its outputs.
+        if (
+            node_id in graph.specs
+            and node_id not in restored_set
+            and _failed_items(graph, node_id, st)
+        ):
+            results = st.outputs.get("results") or []
+            failed = {e.get("index") for e in st.outputs.get("errors") or []}
+            items[node_id] = {
+                i: r for i, r in enumerate(results) if r is not None and i not in failed
+            } | items.get(node_id, {})
     for node_id, results in items.items():
         if node_id in restored_set or node_id not in graph.specs or not results:
             continue
@@ -250,7 +262,10 @@ def _restorable(graph: Any, states: dict[str, NodeState]) -> tuple[set[str], lis
             st = states.get(n)
             if st is None:
                 continue
-            if (st.status == "success" and st.has_outputs) or st.status == "skipped":
+            if st.status == "success" and st.has_outputs and _failed_items(graph, n, st):
+                notes.append(f"batch '{n}' had {_failed_items(graph, n, st)} failed item(s): "
+                             "they run again, and so does what depends on it")  # fmt: skip
+            elif (st.status == "success" and st.has_outputs) or st.status == "skipped":
                 ok_nodes.append(n)
             elif st.status == "success":
                 notes.append(f"'{n}' re-runs: {st.note or 'its outputs were not stored'}")
@@ -271,6 +286,14 @@ def _restorable(graph: Any, states: dict[str, NodeState]) -> tuple[set[str], lis
         if states[n].status == "success":
             restored.add(n)
     return restored, notes
+
+
+def _failed_items(graph: Any, node_id: str, st: NodeState) -> int:
+    """How many items of a completed batch node failed (error_handling: continue)."""
+    if graph.specs.get(node_id) is None or graph.specs[node_id].batch is None:
+        return 0
+    outputs = st.outputs if st.status == "success" and isinstance(st.outputs, dict) else {}
+    return int(outputs.get("error_count") or 0)
 
 
 def describe_plan(plan: ResumePlan) -> str:
