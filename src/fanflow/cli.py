@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from fanflow import __version__
-from fanflow.errors import EXIT_INTERRUPTED, EXIT_INVALID, FanflowError, WorkflowInvalid
+from fanflow.errors import EXIT_INTERRUPTED, FanflowError, WorkflowInvalid
 
 LAZY_COMMANDS = {
     "plan": ("fanflow.commands.plan:plan", "Show the static schedule: what can run in parallel."),
@@ -183,6 +183,3 @@ def schema() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-
-
-__all__ = ["EXIT_INVALID", "main"]

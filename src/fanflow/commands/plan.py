@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
@@ -25,7 +24,8 @@ import click
 )
 def plan(workflow: str, fmt: str, normalised: bool) -> None:
     """Show what can run in parallel: dependency levels, fan-outs, joins, branches, loops."""
-    from fanflow.errors import FanflowError, WorkflowInvalid
+    from fanflow.cli import fail
+    from fanflow.errors import FanflowError
     from fanflow.ir.load import load_workflow
     from fanflow.observe.plan import (
         build_plan,
@@ -37,13 +37,7 @@ def plan(workflow: str, fmt: str, normalised: bool) -> None:
     try:
         wf = load_workflow(workflow)
     except FanflowError as exc:
-        if fmt == "json":
-            payload: dict[str, Any] = {"status": "invalid", "error": str(exc)}
-            if isinstance(exc, WorkflowInvalid):
-                payload["problems"] = [p.to_dict() for p in exc.problems]
-            click.echo(json.dumps(payload))
-        click.echo(f"error: {exc}", err=True)
-        raise click.exceptions.Exit(exc.exit_code) from None
+        fail(exc, "json" if fmt == "json" else "text")
     if normalised:
         from fanflow.ir.load import read_document
         from fanflow.ir.pipeline import normalise_pipeline

@@ -4,6 +4,7 @@ per pending item); results land by index, so order is kept whatever finishes fir
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -142,7 +143,7 @@ def coerce_items(node_id: str, value: Any) -> list[Any]:
     """Items must be a list; JSON text holding a list (e.g. shell stdout) is accepted."""
     if isinstance(value, str):
         try:
-            value = __import__("json").loads(value)
+            value = json.loads(value)
         except ValueError:
             pass
     if isinstance(value, tuple):

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fanflow.engine.events import EventBus
@@ -18,7 +17,6 @@ class RunContext:
     bus: EventBus
     pool: ThreadPoolExecutor  # sized to the global budget: sync nodes never queue behind 6 workers
     loop: asyncio.AbstractEventLoop
-    workdir: Path = field(default_factory=Path.cwd)
     # One limiter per resource ("llm:openai", "http:example.com", "node:shell"), shared by every
     # batch item and branch of the run. Built from the workflow's `limits` and CLI overrides.
     limits: Any = None  # fanflow.io.limits.LimitRegistry

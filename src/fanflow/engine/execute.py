@@ -7,6 +7,7 @@ nodes run their lifecycle on the run's thread pool; async nodes on the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from fanflow.engine import events as ev
@@ -32,10 +33,25 @@ async def _async_attempt(node: Any, shared: NodeShared, fallback_exc: BaseExcept
     return await node.post_async(shared, prep, res)
 
 
-async def _attempt(rt: Runtime, node: Any, shared: NodeShared, asynchronous: bool) -> Any:
-    if asynchronous:
-        return await _async_attempt(node, shared, None)
-    return await rt.loop.run_in_executor(rt.pool, _sync_attempt, node, shared, None)
+async def _leaf(
+    rt: Runtime, node_id: str, node: Any, asynchronous: bool, fallback_exc: Exception | None
+) -> tuple[dict[str, Any], str]:
+    """One attempt (or the fallback) under a budget slot and the node type's limits."""
+    own: dict[str, Any] = {}
+    shared = NodeShared(own, rt.inputs, rt.store)
+    async with rt.budget:
+        limit_keys = rt.node_limits.get(node_id)
+        async with rt.ctx.limits.acquire(*limit_keys) if limit_keys else _NO_LIMIT:
+            if asynchronous:
+                action = await _async_attempt(node, shared, fallback_exc)
+            else:
+                action = await rt.loop.run_in_executor(
+                    rt.pool, _sync_attempt, node, shared, fallback_exc
+                )
+    return own, action or "default"
+
+
+_NO_LIMIT = contextlib.nullcontext()
 
 
 def new_node(cls: Any, node_id: str, params: dict[str, Any], rt: Runtime) -> Any:
@@ -59,25 +75,18 @@ async def execute(
     attempt = 0
     while True:
         attempt += 1
-        own: dict[str, Any] = {}
         node = new_node(cls, node_id, params, rt)
         node.cur_retry = attempt - 1
-        shared = NodeShared(own, rt.inputs, rt.store)
         try:
-            async with rt.budget:
-                limit_keys = rt.node_limits.get(node_id)
-                if limit_keys:
-                    async with rt.ctx.limits.acquire(*limit_keys):
-                        action = await _attempt(rt, node, shared, asynchronous)
-                else:
-                    action = await _attempt(rt, node, shared, asynchronous)
-            return own, action or "default", attempt
+            own, action = await _leaf(rt, node_id, node, asynchronous, None)
+            return own, action, attempt
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if not policy.should_retry(attempt, exc):
                 if hasattr(node, "exec_fallback") and _overrides_fallback(node):
-                    return await _fallback(rt, node, asynchronous, exc, attempt)
+                    own, action = await _leaf(rt, node_id, node, asynchronous, exc)
+                    return own, action, attempt
                 exc.attempts = attempt  # type: ignore[attr-defined]
                 raise
             wait = policy.delay(attempt, exc)
@@ -93,16 +102,3 @@ def _overrides_fallback(node: Any) -> bool:
     return impl is not None and getattr(impl, "__qualname__", "").split(".")[0] not in (
         "Node", "AsyncNode", "BaseNode", "_ParallelBatchNode",
     )  # fmt: skip
-
-
-async def _fallback(
-    rt: Runtime, node: Any, asynchronous: bool, exc: Exception, attempt: int
-) -> tuple[dict[str, Any], str, int]:
-    own: dict[str, Any] = {}
-    shared = NodeShared(own, rt.inputs, rt.store)
-    async with rt.budget:
-        if asynchronous:
-            action = await _async_attempt(node, shared, exc)
-        else:
-            action = await rt.loop.run_in_executor(rt.pool, _sync_attempt, node, shared, exc)
-    return own, action or "default", attempt

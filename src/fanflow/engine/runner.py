@@ -240,7 +240,3 @@ def run(
 
 def _new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
-
-
-def default_workdir() -> Path:
-    return Path(os.getcwd())

@@ -70,19 +70,6 @@ def known_types() -> list[str]:
     return sorted(set(BUILTIN_NODES) | set(_registered))
 
 
-def is_known(type_name: str) -> bool:
-    if type_name in BUILTIN_NODES or type_name in _registered:
-        return True
-    if ":" in type_name:
-        try:
-            get_node_class(type_name)
-            return True
-        except Exception:
-            return False
-    _discover()
-    return type_name in _registered
-
-
 def get_node_class(type_name: str) -> Any:
     """Return the class for a type name; raises KeyError when unknown."""
     if type_name in _registered:
