@@ -133,7 +133,7 @@ def main() -> None:
         for label, doc in cases:
             path = tmp / "wf.json"  # as from the CLI: the run records the file it ran
             path.write_text(json.dumps(doc))
-            workflow = fanflow.load_workflow(path)
+            workflow = fanflow.compile_workflow(path)
             run_once(workflow, lambda: [], None)  # warm-up (imports, caches)
             run_once(workflow, lambda: [], store, path)
             print(label)

@@ -74,7 +74,7 @@ def batch(n: int, node_type: str, params: dict[str, Any], cap: int) -> dict[str,
 
 
 def measure(doc: dict[str, Any], repeats: int) -> list[float]:
-    workflow = fanflow.load_workflow(doc)  # load + validate once, outside the timing
+    workflow = fanflow.compile_workflow(doc)  # load + validate once, outside the timing
     times = []
     for _ in range(repeats):
         gc.collect()

@@ -91,7 +91,7 @@ class MockProcess:
 
 
 def measure(mock: MockProcess, doc: dict[str, Any], repeats: int) -> tuple[list[float], int]:
-    workflow = fanflow.load_workflow(doc)
+    workflow = fanflow.compile_workflow(doc)
     times, peak = [], 0
     for _ in range(repeats):
         mock.call("/reset", {})

@@ -77,7 +77,7 @@ def main() -> None:
     }
     for label, doc in ((f"chain {n:,} no-op nodes", chain(n)), (f"batch {n:,} no-op items",
                         batch(n, "bench-noop", {}, 100))):  # fmt: skip
-        workflow = fanflow.load_workflow(doc)
+        workflow = fanflow.compile_workflow(doc)
         measure(workflow, lambda: [], 2)  # warm-up
         print(label)
         base = None

@@ -14,9 +14,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from fanflow.engine.context import RunContext
-from fanflow.engine.events import EventBus
+import fanflow
 from fanflow.errors import NodeError
+from fanflow.events import EventBus
+from fanflow.execute.context import RunContext
 from fanflow.io.limits import LimitRegistry
 from fanflow.io.providers import parse_retry_after, redact, resolve_model
 from fanflow.nodes.http import HttpNode
@@ -176,20 +177,6 @@ def test_http_bad_url_is_not_retryable(mock):
     assert not err.value.retryable
 
 
-def test_http_limit_caps_in_flight_at_the_server(mock):
-    limits = LimitRegistry({"http:127.0.0.1": {"concurrency": 3}})
-
-    async def go(ctx: RunContext) -> list[dict[str, Any]]:
-        params = {"url": mock.url + "/slow?seconds=0.2"}
-        return await asyncio.gather(*(run_node(HttpNode, ctx, params) for _ in range(12)))
-
-    outs = run(go, limits=limits)
-    assert all(o["status_code"] == 200 for o in outs)
-    assert limits.stats()["http:127.0.0.1"]["acquired"] == 12
-    assert 2 <= mock.stats()["max_in_flight"] <= 3  # capped, yet concurrent
-    assert limits.stats()["http:127.0.0.1"]["peak_in_flight"] == 3
-
-
 def test_http_one_client_per_run_closed_at_the_end(mock):
     seen: dict[str, Any] = {}
 
@@ -281,36 +268,6 @@ def test_llm_timeout_is_retryable(mock):
     assert time.monotonic() - t0 < 5
 
 
-def test_llm_limit_caps_in_flight_at_the_server(mock):
-    limits = LimitRegistry({"llm:openai": {"concurrency": 4}})
-
-    async def go(ctx: RunContext) -> list[dict[str, Any]]:
-        return await asyncio.gather(
-            *(run_node(LlmNode, ctx, {"prompt": f"[delay=0.2] n{i}"}) for i in range(16))
-        )
-
-    outs = run(go, limits=limits)
-    assert [o["response"] for o in outs] == [f"echo: [delay=0.2] n{i}" for i in range(16)]
-    assert 2 <= mock.stats()["max_in_flight"] <= 4  # capped, yet concurrent
-    assert limits.stats()["llm:openai"]["peak_in_flight"] == 4
-    assert limits.stats()["llm:openai"]["acquired"] == 16
-
-
-def test_llm_per_model_limit(mock):
-    limits = LimitRegistry({"llm:openai/slow-model": {"concurrency": 2}})
-
-    async def go(ctx: RunContext) -> None:
-        await asyncio.gather(
-            *(
-                run_node(LlmNode, ctx, {"prompt": "[delay=0.2] a", "model": "slow-model"})
-                for _ in range(6)
-            )
-        )
-
-    run(go, limits=limits)
-    assert mock.stats()["max_in_flight"] == 2  # capped, yet concurrent
-
-
 def test_llm_without_limits_runs_all_at_once(mock):
     async def go(ctx: RunContext) -> None:
         await asyncio.gather(
@@ -349,23 +306,6 @@ def test_llm_cancel_drops_the_request_promptly(mock):
     rec = wait_for_drop(mock, "/v1/chat/completions")
     assert rec["dropped"]
     assert rec["end"] - rec["start"] < 3
-
-
-def test_llm_cancel_while_waiting_for_the_limiter(mock):
-    limits = LimitRegistry({"llm:openai": {"concurrency": 1}})
-
-    async def go(ctx: RunContext) -> None:
-        first = asyncio.create_task(run_node(LlmNode, ctx, {"prompt": "[delay=0.5] a"}))
-        queued = asyncio.create_task(run_node(LlmNode, ctx, {"prompt": "[delay=0.5] b"}))
-        await asyncio.sleep(0.1)
-        queued.cancel()
-        await first
-        with pytest.raises(asyncio.CancelledError):
-            await queued
-
-    run(go, limits=limits)
-    assert mock.stats()["total"] == 1  # the queued call never reached the server
-    assert limits.stats()["llm:openai"]["in_flight"] == 0
 
 
 def test_llm_anthropic_provider_via_the_mock(mock, monkeypatch):
@@ -461,13 +401,57 @@ def test_mock_http_control_endpoints(mock):
         assert json.loads(c.get("/nope").text)["error"]
 
 
-def test_llm_node_type_limit(mock):
-    limits = LimitRegistry({"node:llm": {"concurrency": 3}})
+# --- limits: the engine acquires a node's resource keys (its resource_keys hook) -------------
 
-    async def go(ctx: RunContext) -> None:
-        await asyncio.gather(
-            *(run_node(LlmNode, ctx, {"prompt": "[delay=0.2] a"}) for _ in range(9))
-        )
 
-    run(go, limits=limits)
+def run_batch(node: dict[str, Any], items: list[Any], limits: dict[str, Any], **extra: Any) -> Any:
+    """The node over `items` as a wide parallel batch, under `limits`, through the engine."""
+    work = {**node, "id": "work",
+            "batch": {"items": items, "parallel": True, "max_concurrent": 50}}  # fmt: skip
+    doc = {"ir_version": "0.1.0", "limits": limits, "nodes": [work, *extra.pop("nodes", [])]}
+    return fanflow.run({**doc, **extra})
+
+
+def test_http_limit_caps_in_flight_at_the_server(mock):
+    node = {"type": "http", "params": {"url": mock.url + "/slow?seconds=0.2"}}
+    result = run_batch(node, list(range(12)), {"http:127.0.0.1": {"concurrency": 3}})
+    assert result.ok, result.error
+    assert [r["status_code"] for r in result.store["work"]["results"]] == [200] * 12
     assert 2 <= mock.stats()["max_in_flight"] <= 3  # capped, yet concurrent
+
+
+def test_llm_limit_caps_in_flight_at_the_server(mock):
+    node = {"type": "llm", "params": {"prompt": "[delay=0.2] n${item}"}}
+    result = run_batch(node, list(range(16)), {"llm:openai": {"concurrency": 4}})
+    assert result.ok, result.error
+    responses = [r["response"] for r in result.store["work"]["results"]]
+    assert responses == [f"echo: [delay=0.2] n{i}" for i in range(16)]
+    assert 2 <= mock.stats()["max_in_flight"] <= 4  # capped, yet concurrent
+
+
+def test_llm_per_model_limit(mock):
+    node = {"type": "llm", "params": {"prompt": "[delay=0.2] a", "model": "slow-model"}}
+    result = run_batch(node, list(range(6)), {"llm:openai/slow-model": {"concurrency": 2}})
+    assert result.ok, result.error
+    assert mock.stats()["max_in_flight"] == 2  # capped, yet concurrent
+
+
+def test_llm_node_type_limit(mock):
+    node = {"type": "llm", "params": {"prompt": "[delay=0.2] a"}}
+    result = run_batch(node, list(range(9)), {"node:llm": {"concurrency": 3}})
+    assert result.ok, result.error
+    assert 2 <= mock.stats()["max_in_flight"] <= 3  # capped, yet concurrent
+
+
+def test_llm_cancel_while_waiting_for_the_limiter(mock):
+    """Fail-fast cancels a call queued on its limit before it reaches the server."""
+    node = {"type": "llm", "params": {"prompt": "[delay=2] ${item}"}}
+    start = {"id": "start", "type": "shell", "params": {"command": "true"}}
+    boom = {"id": "boom", "type": "shell", "params": {"command": "sleep 0.3; exit 1"}}
+    t0 = time.monotonic()
+    result = run_batch(node, ["a", "b"], {"llm:openai": {"concurrency": 1}}, nodes=[start, boom],
+                       edges=[{"from": "start", "to": "work"}, {"from": "start", "to": "boom"}])  # fmt: skip
+    assert result.status == "failed" and result.failed_node == "boom"
+    assert time.monotonic() - t0 < 1.8  # the running call was dropped, not awaited
+    assert mock.stats()["total"] == 1  # the queued call never reached the server
+    assert result.nodes["work"].status == "cancelled"

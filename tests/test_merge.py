@@ -40,19 +40,19 @@ def test_registry_maps_merge_to_this_class():
 
 
 def test_object_keyed_by_source_node_id():
-    out = merge(inputs=["bonjour", {"n": 2}], __sources__=["fr", "de"])
+    out = merge(inputs=["bonjour", {"n": 2}], sources=["fr", "de"])
     assert out == {"result": {"fr": "bonjour", "de": {"n": 2}}}
 
 
 def test_object_is_the_default_strategy():
-    out = merge(inputs=["x", "y"], __sources__=["a", "b"], strategy=None)
+    out = merge(inputs=["x", "y"], sources=["a", "b"], strategy=None)
     assert out["result"] == {"a": "x", "b": "y"}
 
 
 def test_object_from_dict_form_uses_the_names():
     out = merge(
         inputs={"french": "bonjour", "german": "hallo"},
-        __sources__={"french": "fr", "german": "de"},
+        sources={"french": "fr", "german": "de"},
         strategy="object",
     )
     assert out["result"] == {"french": "bonjour", "german": "hallo"}
@@ -61,20 +61,20 @@ def test_object_from_dict_form_uses_the_names():
 
 def test_object_without_sources_falls_back_to_positions():
     # A literal entry (or one reading only workflow inputs) has no source node.
-    out = merge(inputs=["x", "y", "z"], __sources__=["a", None])
+    out = merge(inputs=["x", "y", "z"], sources=["a", None])
     assert out["result"] == {"a": "x", "1": "y", "2": "z"}
 
 
 def test_object_with_two_entries_from_one_node_fails_clearly():
     with pytest.raises(NodeError, match="two inputs read node 'a'"):
-        merge(inputs=["x", "y"], __sources__=["a", "a"])
+        merge(inputs=["x", "y"], sources=["a", "a"])
 
 
 def test_list_keeps_declared_order_for_both_forms():
-    assert merge(inputs=[3, 1, 2], __sources__=["c", "a", "b"], strategy="list") == {
+    assert merge(inputs=[3, 1, 2], sources=["c", "a", "b"], strategy="list") == {
         "result": [3, 1, 2]
     }
-    out = merge(inputs={"z": 1, "a": 2}, __sources__={"z": "n1", "a": "n2"}, strategy="list")
+    out = merge(inputs={"z": 1, "a": 2}, sources={"z": "n1", "a": "n2"}, strategy="list")
     assert out["result"] == [1, 2]
 
 
@@ -92,23 +92,23 @@ def test_concat_renders_non_text_like_an_embedded_template_and_skips_absent_valu
 
 
 def test_first_with_only_the_winner_present():
-    out = merge(inputs=["fast answer"], __sources__=["fast"], strategy="first")
+    out = merge(inputs=["fast answer"], sources=["fast"], strategy="first")
     assert out == {"result": "fast answer", "winner": "fast"}
 
 
 def test_first_with_dict_form_reports_the_node_id():
-    out = merge(inputs={"b": "B"}, __sources__={"b": "provider_b"}, strategy="first")
+    out = merge(inputs={"b": "B"}, sources={"b": "provider_b"}, strategy="first")
     assert out == {"result": "B", "winner": "provider_b"}
 
 
 def test_first_with_every_entry_present_is_deterministic():
-    out = merge(inputs=[None, "second", "third"], __sources__=["a", "b", "c"], strategy="first")
+    out = merge(inputs=[None, "second", "third"], sources=["a", "b", "c"], strategy="first")
     assert out == {"result": "second", "winner": "b"}
 
 
 def test_first_with_nothing_present_fails():
     with pytest.raises(NodeError, match="no upstream produced a value"):
-        merge(inputs=[None], __sources__=["a"], strategy="first")
+        merge(inputs=[None], sources=["a"], strategy="first")
 
 
 def test_unknown_strategy_and_bad_inputs_fail_at_run_time():

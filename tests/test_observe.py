@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fanflow.engine import events as ev
-from fanflow.engine.events import Event
+from fanflow import events as ev
+from fanflow.events import Event
 from fanflow.observe._spans import Span, pack_lanes
 from fanflow.observe.progress import LiveProgress, NullProgress, PlainProgress, make_progress
 from fanflow.observe.summary import SummaryCollector, format_summary
@@ -223,7 +223,7 @@ def test_trace_loops_incomplete_runs_and_resumed_nodes():
     spans = spans_of(trace)
     assert sorted(s["name"] for s in spans) == ["check", "check", "draft", "draft", "slow"]
     slow = next(s for s in spans if s["name"] == "slow")
-    assert slow["args"]["status"] == "incomplete" and slow["dur"] == pytest.approx(500_000)
+    assert slow["args"]["status"] == "running" and slow["dur"] == pytest.approx(500_000)
     resumed = [e for e in trace["traceEvents"] if e["ph"] == "i" and e["cat"] == "resumed"]
     assert [e["name"] for e in resumed] == ["old"]
 
@@ -317,7 +317,7 @@ def test_summary_failures_handled_and_format():
     r.add(ev.RUN_FINISHED, 0.4, status="failed", outputs={}, error="fix failed", failed_node="fix")
     s = feed(SummaryCollector(), sorted(r.events, key=lambda e: e.t)).summary()
     assert s["status"] == "failed" and s["failed_node"] == "fix"
-    assert s["nodes"] == {"success": 1, "handled": 1, "failed": 1}
+    assert s["nodes"] == {"success": 1, "failed": 2} and s["handled"] == 1
     assert s["failures"][0] == {"node": "b", "handled": True, "error": "boom"}
     text = format_summary(s)
     lines = text.splitlines()
@@ -525,7 +525,7 @@ def test_fail_fast_summary_names_the_failure_path_and_the_nodes_never_started():
     r.add(ev.RUN_FINISHED, 0.302, status="failed", outputs={}, error="x", failed_node="boom")
     s = feed(SummaryCollector(), r.sorted()).summary()
     assert [p["node"] for p in s["critical_path"]] == ["s", "boom"]  # not the cancelled sibling
-    assert s["nodes"] == {"success": 1, "failed": 1, "cancelled": 1, "not run": 1}
+    assert s["nodes"] == {"success": 1, "failed": 1, "cancelled": 1, "pending": 1}
     assert "4 nodes (" in format_summary(s).splitlines()[0]
 
 

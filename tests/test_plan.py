@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from fanflow.commands.plan import plan as plan_cmd
 from fanflow.ir.load import load_workflow
-from fanflow.observe.plan import build_plan, format_plan_mermaid, format_plan_text
+from fanflow.observe.plan import build_plan, format_plan_json, format_plan_mermaid, format_plan_text
 
 
 def sh(node_id: str, command: str = "true", **extra) -> dict:
@@ -152,3 +152,74 @@ def test_plan_command(tmp_path: Path):
     res = runner.invoke(plan_cmd, [str(tmp_path / "bad.json"), "--format", "json"])
     assert res.exit_code == 2
     assert json.loads(res.output.splitlines()[0])["status"] == "invalid"
+
+
+def code(node_id: str, **inputs: str) -> dict:
+    params: dict = {"code": "result = 1"}
+    if inputs:
+        params["inputs"] = inputs
+    return {"id": node_id, "type": "code", "params": params}
+
+
+def wide(k: int) -> dict:
+    """start → b0..b{k-1} → join, the join reading every branch (issue 11's shape)."""
+    bs = [f"b{i}" for i in range(k)]
+    nodes = [code("start"), *(code(b) for b in bs)]
+    nodes.append(code("join", **{f"v{i}": f"${{{b}.result}}" for i, b in enumerate(bs)}))
+    return wf(nodes, edges(*(("start", b) for b in bs), *((b, "join") for b in bs)))
+
+
+def test_wide_fan_out_and_fan_in():
+    k = 1000
+    bs = [f"b{i}" for i in range(k)]
+    p = plan_of(wide(k))
+    assert p["levels"] == [["start"], bs, ["join"]]
+    assert p["max_parallel"] == k
+    assert p["fan_outs"] == [{"node": "start", "action": "default", "to": bs}]
+    assert p["joins"] == [{"node": "join", "waits_for": bs, "kind": "all"}]
+    assert p["missing_edges"] == [] and p["warnings"] == [] and p["branches"] == []
+    text = format_plan_text(p)
+    assert text.splitlines()[0].endswith(
+        f"{k + 2} nodes, {2 * k} edges, 3 levels, up to {k} nodes in parallel"
+    )
+    assert "  2  " + "   ".join(bs) in text
+    assert f"start -> {', '.join(bs)}" in text and f"join <- {', '.join(bs)}" in text
+    mermaid = format_plan_mermaid(p).splitlines()
+    assert len(mermaid) == 1 + (k + 2) + 2 * k  # header, nodes, edges
+    assert mermaid[-1] == f"    n{k} --> n{k + 1}"  # the last branch into the join
+    assert format_plan_json(p) == json.dumps(p, indent=2, default=str)
+
+
+def test_wide_fan_out_drops_targets_that_wait_for_each_other():
+    # the odd branches read the even one before them: only the even ones start with `start`
+    doc = wide(400)
+    for i in range(1, 400, 2):
+        doc["nodes"][1 + i]["params"]["inputs"] = {"prev": f"${{b{i - 1}.result}}"}
+    p = plan_of(doc)
+    evens, odds = [f"b{i}" for i in range(0, 400, 2)], [f"b{i}" for i in range(1, 400, 2)]
+    assert p["levels"] == [["start"], evens, odds, ["join"]]
+    assert p["fan_outs"][0] == {"node": "start", "action": "default", "to": evens}
+    assert len(p["missing_edges"]) == 200
+    assert {"node": "b1", "reads": "b0"} in p["missing_edges"]
+
+
+def test_wide_or_join_after_a_many_way_branch():
+    k = 300
+    arms = [f"arm{i}" for i in range(k)]
+    doc = wf(
+        [{"id": "pick", "type": "code", "params": {"code": "result = 1\nnext = 'a0'"}},
+         *(code(a) for a in arms), code("after")],
+        edges(*(("pick", a, f"a{i}") for i, a in enumerate(arms)), *((a, "after") for a in arms)),
+    )  # fmt: skip
+    p = plan_of(doc)
+    assert p["joins"] == [{"node": "after", "waits_for": arms, "kind": "any"}]
+    assert p["fan_outs"] == []  # one arm per action: alternatives
+    assert len(p["branches"][0]["actions"]) == k
+
+
+def test_plan_json_matches_the_standard_encoder():
+    for doc in (DIAMOND, IF_ELSE, LOOP):
+        p = plan_of(doc)
+        assert format_plan_json(p) == json.dumps(p, indent=2, default=str)
+    odd = {"a": {1: [1.5, None, True, ("t",)], "b": {}}, "c": [], "é": 'ü\n"', "d": [[], {}]}
+    assert format_plan_json(odd) == json.dumps(odd, indent=2, default=str)

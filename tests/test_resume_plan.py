@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from fanflow.engine import events as ev
-from fanflow.engine.events import Event
+from fanflow import events as ev
 from fanflow.errors import EXIT_INVALID, WorkflowInvalid
+from fanflow.events import Event
 from fanflow.ir.load import load_workflow
 from fanflow.store.checkpoint import CheckpointWriter
 from fanflow.store.resume import load_resume, plan_resume

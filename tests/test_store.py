@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from fanflow.engine import events as ev
-from fanflow.engine.events import Event
+from fanflow import events as ev
 from fanflow.errors import EXIT_INVALID
+from fanflow.events import Event
 from fanflow.store import runs as runs_mod
 from fanflow.store.checkpoint import CheckpointWriter
 from fanflow.store.runs import (
@@ -221,8 +221,8 @@ def test_concurrent_writers_finishing_at_once(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
-        from fanflow.engine import events as ev
-        from fanflow.engine.events import Event
+        from fanflow import events as ev
+        from fanflow.events import Event
         from fanflow.store.checkpoint import CheckpointWriter
         from fanflow.store.runs import RunStore
         w = CheckpointWriter(RunStore({str(path)!r}), workflow_path="proc.json",
@@ -273,8 +273,8 @@ def test_concurrent_writers_finishing_at_once(tmp_path: Path) -> None:
 
 _KILL_SCRIPT = """
 import sys, time
-from fanflow.engine import events as ev
-from fanflow.engine.events import Event
+from fanflow import events as ev
+from fanflow.events import Event
 from fanflow.store.checkpoint import CheckpointWriter
 from fanflow.store.runs import MAX_INLINE_BYTES, RunStore
 w = CheckpointWriter(RunStore(sys.argv[1]), workflow_path="wf.json", flush_interval=0.002)
@@ -377,7 +377,7 @@ def test_corrupt_store_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_begin_resume_trims_to_the_resume_state(tmp_path: Path) -> None:
-    from fanflow.engine.state import CompletedNode, ResumeState
+    from fanflow.execute.resume_state import CompletedNode, ResumeState
 
     store = RunStore(tmp_path / "runs.db")
     w = simple_run(store)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import pytest
+
 from conftest import run_cli, wf
+from fanflow.errors import WorkflowInvalid
+from fanflow.ir import model
+from fanflow.ir.load import parse_workflow
 
 
 def shell(node_id: str, command: str = "true") -> dict:
@@ -107,3 +113,155 @@ def test_seed_parallel_group_is_accepted(write_wf):
 def test_valid_workflow_reports_counts(write_wf):
     res = run_cli("validate", str(write_wf(wf([shell("a"), shell("b")]))))
     assert res.code == 0 and "valid (2 nodes, 1 edges)" in res.stdout
+
+
+# --- The IR model's own validation (fanflow.ir.model): every schema problem, with its path ----
+
+
+def schema_problems(doc: dict) -> list[tuple[str | None, str | None, str]]:
+    with pytest.raises(WorkflowInvalid) as info:
+        parse_workflow(doc, "wf.json")
+    assert all(p.file == "wf.json" for p in info.value.problems)
+    return [(p.field, p.node, p.message) for p in info.value.problems]
+
+
+def test_several_schema_problems_are_reported_at_once():
+    doc = {
+        "nodes": [
+            shell("a"),
+            {"id": "b", "type": "shell", "params": ["not", "an", "object"]},
+            {"id": "c", "type": "shell", "batch": {"items": 5, "max_concurrent": 0}},
+            {"id": "9d", "type": "shell"},
+            {"id": "e", "type": "shell", "retry": {"backoff": "linear"}},
+        ],
+        "edges": [{"from": "a"}],
+        "on_error": "explode",
+    }
+    got = schema_problems(doc)
+    assert got == [
+        ("nodes[1].params", "b", "Input should be a valid dictionary"),
+        ("nodes[2].batch.items", "c", "Input should be a valid string or a valid list"),
+        ("nodes[2].batch.max_concurrent", "c", "Input should be greater than or equal to 1"),
+        ("nodes[3].id", "9d", "invalid node id '9d'"),
+        ("nodes[4].retry.backoff", "e", "Input should be 'fixed' or 'exponential'"),
+        ("edges[0].to", None, "required field is missing"),
+        ("on_error", None, "Input should be 'fail_fast' or 'continue'"),
+        ("ir_version", None, "required field is missing"),
+    ]
+
+
+def test_nodes_must_be_a_non_empty_list_of_objects():
+    assert schema_problems(wf([])) == [("nodes", None, "List should have at least 1 item, not 0")]
+    assert schema_problems({"ir_version": "0.1.0", "nodes": {"a": shell("a")}}) == [
+        ("nodes", None, "Input should be a valid list")
+    ]
+    assert schema_problems(wf(["a"])) == [("nodes[0]", None, "Input should be a valid dictionary")]
+
+
+def test_a_boolean_is_not_an_integer_and_a_string_is_not_a_number():
+    doc = wf([{**shell("a"), "batch": {"items": [1], "max_concurrent": True, "retry_wait": "2"}}],
+             max_visits=False)  # fmt: skip
+    assert schema_problems(doc) == [
+        ("nodes[0].batch.max_concurrent", "a", "Input should be a valid integer, got a boolean"),
+        ("nodes[0].batch.retry_wait", "a", "Input should be a valid number"),
+        ("max_visits", None, "Input should be a valid integer, got a boolean"),
+    ]
+    assert schema_problems(wf([{**shell("a"), "batch": {"items": [1], "parallel": 1}}])) == [
+        ("nodes[0].batch.parallel", "a", "Input should be a valid boolean")
+    ]
+
+
+def test_whole_floats_count_as_integers_and_integers_as_floats():
+    doc = wf([{**shell("a"), "batch": {"items": [1], "max_concurrent": 4.0, "retry_wait": 2}}])
+    batch = parse_workflow(doc).nodes[0].batch
+    assert batch is not None
+    assert batch.max_concurrent == 4 and type(batch.max_concurrent) is int
+    assert batch.retry_wait == 2.0 and type(batch.retry_wait) is float
+    frac = wf([{**shell("a"), "batch": {"items": [1], "max_concurrent": 2.5}}])
+    assert schema_problems(frac) == [
+        ("nodes[0].batch.max_concurrent", "a",
+         "Input should be a valid integer, got a number with a fractional part"),
+    ]  # fmt: skip
+
+
+def test_unknown_field_inside_batch_names_its_path_with_a_hint():
+    doc = wf([{**shell("a"), "batch": {"items": [1], "paralel": True}}])
+    with pytest.raises(WorkflowInvalid) as info:
+        parse_workflow(doc, "wf.json")
+    (problem,) = info.value.problems
+    assert (problem.field, problem.node, problem.message) == (
+        "nodes[0].batch.paralel", "a", "unknown field"
+    )  # fmt: skip
+    assert problem.hint == "remove it or check its spelling (see `fanflow guide`)"
+
+
+def test_loaded_model_keeps_defaults_aliases_and_what_the_author_gave():
+    doc = wf([{**shell("a"), "batch": {"items": "${x.y}", "as": "f", "max_retries": 3}},
+              {"id": "b", "type": "shell", "batch_config": {"items_field": "a.results"}}],
+             [("a", "b")])  # fmt: skip
+    w = parse_workflow(doc, "wf.json")
+    a, b = w.nodes
+    assert a.batch == model.BatchSpec(items="${x.y}", as_="f", max_retries=3)
+    assert a.batch.fields_set == {"items", "as_", "max_retries"}
+    assert b.batch is not None and b.batch.items == "${a.results}" and b.batch_config is None
+    assert "max_retries" not in b.batch.fields_set
+    assert w.edges[0].from_ == "a" and w.edges[0].action == "default"
+    assert w.source == "wf.json" and a.params == {"command": "true"}
+    assert (w.max_visits, w.on_error, w.limits, a.retry) == (100, "fail_fast", {}, None)
+    assert a.to_dict(exclude={"id"})["batch"]["as"] == "f"
+    assert json.loads(w.to_json()) == {**doc, "nodes": [
+        doc["nodes"][0], {"id": "b", "type": "shell", "batch": {"items": "${a.results}"}}]}  # fmt: skip
+
+
+def test_json_schema_is_valid_and_describes_every_field():
+    res = run_cli("schema")
+    assert res.code == 0
+    schema = json.loads(res.stdout)
+    assert schema == model.json_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+    keywords = {"$schema", "$defs", "$ref", "title", "description", "type", "properties",
+                "required", "additionalProperties", "items", "anyOf", "enum", "pattern",
+                "minimum", "maximum", "minItems", "default"}  # fmt: skip
+    types = {"object", "array", "string", "integer", "number", "boolean", "null"}
+
+    def walk(node: dict, where: str) -> None:
+        assert isinstance(node, dict), where
+        assert set(node) <= keywords, (where, set(node) - keywords)
+        if "type" in node:
+            assert node["type"] in types, where
+        if "$ref" in node:
+            assert node["$ref"].removeprefix("#/$defs/") in schema["$defs"], where
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                walk(node[key], f"{where}.{key}")
+        for i, sub in enumerate(node.get("anyOf", [])):
+            walk(sub, f"{where}.anyOf[{i}]")
+        for name, sub in node.get("properties", {}).items():
+            walk(sub, f"{where}.{name}")
+        assert set(node.get("required", [])) <= set(node.get("properties", {})), where
+
+    walk(schema, "")
+    for name, sub in schema["$defs"].items():
+        walk(sub, name)
+
+    node_fields = {f.metadata.get("alias", f.name) for f in dataclasses.fields(model.NodeSpec)}
+    assert set(schema["$defs"]["NodeSpec"]["properties"]) == node_fields
+    assert schema["$defs"]["NodeSpec"]["required"] == ["id", "type"]
+    assert set(schema["$defs"]["BatchSpec"]["properties"]) >= {"as", "items", "max_retries"}
+    assert "fields_set" not in schema["$defs"]["BatchSpec"]["properties"]
+    assert set(schema["$defs"]["EdgeSpec"]["properties"]) == {
+        "from",
+        "to",
+        "action",
+        "parallel_group",
+    }
+
+    try:
+        import jsonschema  # not a dependency: checked further where it is installed
+    except ImportError:
+        return
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid(wf([shell("a"), {**shell("b"), "batch": {"items": [1], "as": "x"}}]))
+    assert not validator.is_valid(wf([{**shell("a"), "batch": {"items": [1], "paralel": True}}]))

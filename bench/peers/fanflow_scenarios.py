@@ -62,7 +62,7 @@ def _run(workflow: dict[str, Any], max_concurrent: int | None = None) -> Any:
     # which peers.md reports separately from invoke time.
     loaded = _loaded.get(id(workflow))
     if loaded is None:
-        loaded = _loaded[id(workflow)] = fanflow.load_workflow(workflow)
+        loaded = _loaded[id(workflow)] = fanflow.compile_workflow(workflow)
     kwargs: dict[str, Any] = {"inputs": {}}
     if max_concurrent is not None:
         kwargs["max_concurrent"] = max_concurrent

@@ -3,17 +3,21 @@ their critical path. The public API is imported lazily so `fanflow --version` st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 _API = {
     "load_workflow": "fanflow.ir.load",
-    "validate_workflow": "fanflow.ir.validate",
-    "run": "fanflow.engine.runner",
-    "run_async": "fanflow.engine.runner",
-    "RunResult": "fanflow.engine.runner",
-    "NodeResult": "fanflow.engine.runner",
+    "compile_workflow": "fanflow.compile.compiled",
+    "CompiledWorkflow": "fanflow.compile.compiled",
+    "run": "fanflow.api",
+    "run_async": "fanflow.api",
+    "RunResult": "fanflow.api",
+    "NodeResult": "fanflow.execute.state",
+    "Status": "fanflow.status",
+    "Event": "fanflow.events",
+    "Listener": "fanflow.events",
     "register_node": "fanflow.nodes.registry",
     "Node": "fanflow.nodes.base",
     "AsyncNode": "fanflow.nodes.base",
@@ -21,10 +25,43 @@ _API = {
     "Workflow": "fanflow.ir.model",
     "WorkflowInvalid": "fanflow.errors",
     "NodeError": "fanflow.errors",
-    "ResumeState": "fanflow.engine.state",
+    "ResumeState": "fanflow.execute.resume_state",
 }
 
-__all__ = [*_API, "__version__"]
+__all__ = [
+    "AsyncNode",
+    "CompiledWorkflow",
+    "Event",
+    "Listener",
+    "Node",
+    "NodeError",
+    "NodeResult",
+    "Param",
+    "ResumeState",
+    "RunResult",
+    "Status",
+    "Workflow",
+    "WorkflowInvalid",
+    "__version__",
+    "compile_workflow",
+    "load_workflow",
+    "register_node",
+    "run",
+    "run_async",
+]
+
+if TYPE_CHECKING:  # the names as the type checker sees them; at run time they load on first use
+    from fanflow.api import RunResult, run, run_async
+    from fanflow.compile.compiled import CompiledWorkflow, compile_workflow
+    from fanflow.errors import NodeError, WorkflowInvalid
+    from fanflow.events import Event, Listener
+    from fanflow.execute.resume_state import ResumeState
+    from fanflow.execute.state import NodeResult
+    from fanflow.ir.load import load_workflow
+    from fanflow.ir.model import Workflow
+    from fanflow.nodes.base import AsyncNode, Node, Param
+    from fanflow.nodes.registry import register_node
+    from fanflow.status import Status
 
 
 def __getattr__(name: str) -> Any:

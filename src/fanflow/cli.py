@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -68,15 +69,17 @@ def fail(exc: FanflowError, output_format: str = "text") -> None:
 @click.argument("workflow", type=click.Path(dir_okay=False))
 def validate(workflow: str) -> None:
     """Run every static check on WORKFLOW; execute nothing."""
-    from fanflow.ir.load import load_workflow
+    from fanflow.compile.compiled import compile_workflow
+    from fanflow.ir.load import parse_source
 
     try:
-        wf = load_workflow(workflow)
+        compiled = compile_workflow(parse_source(workflow))
     except FanflowError as exc:
         fail(exc)
-    for warning in wf.warnings:
+    for warning in compiled.warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"{workflow}: valid ({len(wf.nodes)} nodes, {len(wf.graph.edges)} edges)")
+    nodes, edges = len(compiled.graph.ids), len(compiled.graph.edges)
+    click.echo(f"{workflow}: valid ({nodes} nodes, {edges} edges)")
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -137,14 +140,18 @@ def run(
     resume_ref: str | None, store_path: str | None, no_checkpoint: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Run WORKFLOW with inputs given as name=value."""
-    from fanflow.app import execute_run
+    import fanflow
+    from fanflow.engine.inputs import parse_cli_pairs
 
     try:
-        result, summary_text = execute_run(
-            workflow, inputs, max_concurrent=max_concurrent, trace_path=trace_path,
-            timeline_path=timeline_path, limit_specs=limit_specs, resume_ref=resume_ref,
-            store_path=store_path, checkpoint=not no_checkpoint, quiet=quiet,
-            json_output=output_format == "json",
+        pairs = parse_cli_pairs(inputs)
+        result = fanflow.run(
+            workflow, pairs if pairs or not resume_ref else None, inputs_from_text=True,
+            max_concurrent=max_concurrent, limits=limit_specs,
+            store=None if no_checkpoint and not resume_ref else _store(store_path),
+            checkpoint=not no_checkpoint,
+            resume=resume_ref, trace=trace_path, timeline=timeline_path,
+            progress=None if quiet else sys.stderr, summary=True, handle_signals=True,
         )  # fmt: skip
     except FanflowError as exc:
         fail(exc, output_format)
@@ -156,12 +163,18 @@ def run(
             click.echo(f"{name}: {text}" if len(result.outputs) > 1 else text)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if summary_text and not quiet:
-        click.echo(summary_text, err=True)
+    if result.summary_text and not quiet:
+        click.echo(result.summary_text, err=True)
     if result.status == "failed":
         click.echo(f"error: {result.error}", err=True)
     code = {"success": 0, "failed": 1, "cancelled": EXIT_INTERRUPTED}[result.status]
     _exit(code)
+
+
+def _store(path: str | None) -> Any:
+    from fanflow.store.runs import RunStore
+
+    return RunStore(Path(path) if path else None)
 
 
 def _exit(code: int) -> None:
@@ -176,9 +189,9 @@ def _exit(code: int) -> None:
 @click.command()
 def schema() -> None:
     """Print the JSON Schema of the workflow format (for editors and agents)."""
-    from fanflow.ir.model import Workflow
+    from fanflow.ir.model import json_schema
 
-    click.echo(json.dumps(Workflow.model_json_schema(by_alias=True), indent=2))
+    click.echo(json.dumps(json_schema(), indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from fanflow.errors import NodeError
 
 if TYPE_CHECKING:
-    from fanflow.engine.context import RunContext
+    from fanflow.execute.context import RunContext
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_TIMEOUT = 120.0  # seconds per call; the node's `timeout` param overrides it

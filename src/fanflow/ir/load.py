@@ -1,4 +1,4 @@
-"""Load a workflow: file → JSON (line and column on errors) → pipeline form → pydantic model."""
+"""Load a workflow: file → JSON (line and column on errors) → pipeline form → IR model."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from fanflow.errors import Problem, WorkflowInvalid
-from fanflow.ir.model import Workflow
+from fanflow.ir.model import SchemaError, SchemaInvalid, Workflow, field_path
 
 
 def read_document(path: str | Path) -> dict[str, Any]:
@@ -63,9 +61,10 @@ def parse_workflow(doc: dict[str, Any], file: str | None = None) -> Workflow:
 
         doc, paths = normalise_pipeline_with_paths(doc, file)
     try:
-        workflow = Workflow.model_validate(doc)
-    except ValidationError as exc:
-        raise WorkflowInvalid(map_pipeline_paths(_schema_problems(exc, doc, file), paths)) from None
+        workflow = Workflow.from_dict(doc)
+    except SchemaInvalid as exc:
+        problems = _schema_problems(exc.errors, doc, file)
+        raise WorkflowInvalid(map_pipeline_paths(problems, paths)) from None
     workflow._source = file
     workflow._pipeline_paths = paths
     return workflow
@@ -82,33 +81,33 @@ def map_pipeline_paths(problems: list[Problem], paths: dict[str, str] | None) ->
     return [replace(p, field=pipeline_field(p.field, paths)) for p in problems]
 
 
-def _schema_problems(exc: ValidationError, doc: dict[str, Any], file: str | None) -> list[Problem]:
+def _schema_problems(
+    errors: list[SchemaError], doc: dict[str, Any], file: str | None
+) -> list[Problem]:
     problems = []
-    for err in exc.errors():
-        loc = [p for p in err["loc"] if p not in ("function-after[_seed_batch_form(), NodeSpec]",)]
-        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    nodes = doc.get("nodes") if isinstance(doc, dict) else None
+    for err in errors:
+        loc = err.loc
+        field = field_path(loc)
         node = None
-        if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
-            nodes = doc.get("nodes")
-            if isinstance(nodes, list) and loc[1] < len(nodes) and isinstance(nodes[loc[1]], dict):
-                node = nodes[loc[1]].get("id")
+        index = loc[1] if len(loc) >= 2 and loc[0] == "nodes" else None
+        if isinstance(index, int) and isinstance(nodes, list) and index < len(nodes):
+            node_id = nodes[index].get("id") if isinstance(nodes[index], dict) else None
+            node = node_id if isinstance(node_id, str) else None
         message, hint = _describe(err)
         problems.append(Problem(message, file=file, field=field or None, node=node, hint=hint))
     return problems
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str | None]:
-    kind = err["type"]
-    if kind == "extra_forbidden":
+def _describe(err: SchemaError) -> tuple[str, str | None]:
+    if err.kind == "unknown_field":
         return "unknown field", "remove it or check its spelling (see `fanflow guide`)"
-    if kind == "missing":
-        return "required field is missing", None
-    if kind == "string_pattern_mismatch" and err["loc"][-1] == "id":
+    if err.kind == "pattern" and err.loc[-1:] == ("id",):
         return (
-            f"invalid node id {err.get('input')!r}",
+            f"invalid node id {err.value!r}",
             "ids start with a letter or _ and contain letters, digits, _ or -",
         )
-    return err["msg"], None
+    return err.message, None
 
 
 def load_workflow(source: str | Path | dict[str, Any]) -> Workflow:
@@ -121,3 +120,11 @@ def load_workflow(source: str | Path | dict[str, Any]) -> Workflow:
         workflow = parse_workflow(read_document(source), str(source))
     validate_workflow(workflow)
     return workflow
+
+
+def parse_source(source: str | Path | dict[str, Any]) -> Workflow:
+    """Load a workflow's shape from a path or a dict, without the static checks (compiling runs
+    them: `fanflow.compile.compiled.compile_workflow`)."""
+    if isinstance(source, dict):
+        return parse_workflow(source, None)
+    return parse_workflow(read_document(source), str(source))

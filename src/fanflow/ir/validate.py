@@ -6,8 +6,8 @@ import difflib
 from typing import Any
 
 from fanflow import templates
+from fanflow.compile.graph import BATCH_VARS, Graph, build_graph
 from fanflow.errors import Problem, WorkflowInvalid
-from fanflow.graph import BATCH_VARS, build_graph
 from fanflow.ir.load import map_pipeline_paths
 from fanflow.ir.model import Workflow
 from fanflow.nodes import registry
@@ -26,7 +26,16 @@ def _hint(name: str, candidates: Any, fallback: str) -> str:
 
 
 def validate_workflow(workflow: Workflow) -> Workflow:
-    """Raise WorkflowInvalid with every problem; on success attach the graph and warnings."""
+    """Raise WorkflowInvalid with every problem (the old entry point, kept during the rebuild)."""
+    graph, warnings = check_workflow(workflow)
+    workflow._graph = graph
+    workflow._warnings = warnings
+    return workflow
+
+
+def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
+    """Every static check. Raises WorkflowInvalid with every problem; otherwise returns the
+    dependency graph the checks built and the warnings (reads without an edge)."""
     file = workflow.source
     problems: list[Problem] = []
     add = problems.append
@@ -69,9 +78,7 @@ def validate_workflow(workflow: Workflow) -> Workflow:
         from fanflow.io.limits import LimitConfigError, normalize_limits
 
         try:
-            normalize_limits(
-                {k: v.model_dump(exclude_none=True) for k, v in workflow.limits.items()}
-            )
+            normalize_limits({k: v.to_dict(exclude_none=True) for k, v in workflow.limits.items()})
         except LimitConfigError as exc:
             add(Problem(exc.message, file, "limits",
                         hint="keys look like llm:openai, llm:openai/gpt-4o-mini, http:host, node:shell"))  # fmt: skip
@@ -179,11 +186,9 @@ def validate_workflow(workflow: Workflow) -> Workflow:
 
     if problems:
         raise WorkflowInvalid(map_pipeline_paths(problems, workflow._pipeline_paths))
-    workflow._graph = graph
-    workflow._warnings = [
+    warnings = [
         f"node '{reader}' reads '{src}' but has no edge from '{src}' "
         f"(fanflow waits for '{src}' anyway; add the edge to make it explicit)"
-        for reader, src in graph.missing_edges()
-        if not graph.implicit_chain
+        for reader, src in (() if graph.implicit_chain else graph.missing_edges())
     ]
-    return workflow
+    return graph, warnings

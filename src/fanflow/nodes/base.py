@@ -11,12 +11,17 @@ inputs, then other nodes' namespaces by id; writes land in the node's own namesp
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fanflow import templates
+
 if TYPE_CHECKING:
-    from fanflow.engine.context import RunContext
+    from fanflow.execute.context import RunContext
+    from fanflow.io.limits import LimitRegistry
+
+Scope = Callable[[str], Any]  # a template root name → its value (raises templates.MissingValue)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,28 @@ class Node:
         self.max_retries = max_retries
         self.wait = wait
         self.cur_retry = 0
+
+    # --- hooks the engine calls on the class; no node type is special to the scheduler ---------
+
+    @classmethod
+    def render_params(cls, compiled: Any, scope: Scope) -> dict[str, Any]:
+        """Turn the node's compiled params (templates parsed at compile time) into the params of
+        one execution. Raises templates.MissingValue when a template has no value."""
+        rendered = templates.render(compiled, scope)
+        return rendered if isinstance(rendered, dict) else {}
+
+    @classmethod
+    def joins_on_first(cls, params: dict[str, Any]) -> bool:
+        """True when the node starts as soon as ONE upstream succeeds (a race), instead of
+        waiting for all; upstream work that nothing else needs is then cancelled."""
+        return False
+
+    @classmethod
+    def resource_keys(cls, params: dict[str, Any], limits: LimitRegistry) -> list[str]:
+        """The limit keys one execution uses besides `node:<type>` (which the engine adds for
+        every type), e.g. `llm:openai/gpt-4o` or `http:api.example.com`. The engine acquires
+        them all before the global budget slot, so no slot is held while waiting."""
+        return []
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -120,6 +147,9 @@ class NodeShared(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._own)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        self._own.update(*args, **kwargs)  # writes land in the node's own namespace
 
     def __contains__(self, key: object) -> bool:
         return key in self._own or key in self._inputs or key in self._store

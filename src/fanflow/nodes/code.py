@@ -19,7 +19,7 @@ class CodeNode(Node):
     }
     outputs_spec = {"result": "the value the code assigned to `result`"}
 
-    def exec(self, prep_res: Any) -> dict[str, Any]:
+    def exec(self, prep_res: Any) -> tuple[dict[str, Any], str | None]:
         source = self.params["code"]
         code = _compiled.get(source)
         if code is None:
@@ -32,12 +32,10 @@ class CodeNode(Node):
             exec(code, namespace)  # inline Python is the node's purpose
         except Exception as exc:
             raise NodeError(f"{type(exc).__name__}: {exc}") from None
-        out = {"result": namespace.get("result")}
-        if "next" in namespace:
-            out["__action__"] = str(namespace["next"])
-        return out
+        action = str(namespace["next"]) if "next" in namespace else None
+        return {"result": namespace.get("result")}, action
 
     def post(self, shared: Any, prep_res: Any, exec_res: Any) -> str | None:
-        action = exec_res.pop("__action__", None)
-        shared.update(exec_res)
-        return action
+        outputs, action = exec_res
+        shared.update(outputs)
+        return action  # type: ignore[no-any-return]

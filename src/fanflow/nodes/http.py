@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx2
 
 from fanflow.errors import NodeError
-from fanflow.io.limits import NULL_LIMIT
 from fanflow.io.providers import body_excerpt, is_transient_status, parse_retry_after
 from fanflow.nodes.base import AsyncNode, Param
+
+if TYPE_CHECKING:
+    from fanflow.io.limits import LimitRegistry
 
 _CLIENT_KEY = "http"
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -53,9 +55,12 @@ class HttpNode(AsyncNode):
         "response_headers": "object",
     }
     default_attempts = 3
-    # This node acquires its own limits (resource keys and node:http) around the request only,
-    # so the engine must not also take node:http around the whole execution.
-    limits_managed: ClassVar[bool] = True
+
+    @classmethod
+    def resource_keys(cls, params: dict[str, Any], limits: LimitRegistry) -> list[str]:
+        """`http:<host>` and `http:<host>:<port>`, acquired before the budget slot."""
+        url = params.get("url")
+        return limits.keys_for_http(url.strip()) if isinstance(url, str) else []
 
     async def exec_async(self, prep_res: Any) -> dict[str, Any]:
         p = prep_res or {}
@@ -79,26 +84,19 @@ class HttpNode(AsyncNode):
             kwargs["json"] = body  # numbers/booleans: send as JSON
 
         client = get_http_client(self.ctx)
-        limits = self.ctx.limits
-        guard = (
-            limits.acquire(*limits.keys_for_http(url), *limits.keys_for_node("http"))
-            if limits
-            else NULL_LIMIT
-        )
-        async with guard:  # held for the request only, never across the engine's retry wait
-            try:
-                resp = await client.request(method, url, **kwargs)
-            except httpx2.TimeoutException:
-                raise NodeError(
-                    f"http {method} {_safe_url(url)} timed out after {timeout:g}s", retryable=True
-                ) from None
-            except (httpx2.UnsupportedProtocol, httpx2.InvalidURL) as exc:
-                raise NodeError(f"http: invalid URL {_safe_url(url)}: {exc}") from None
-            except httpx2.TransportError as exc:  # connect/read errors, dropped connections
-                raise NodeError(
-                    f"http {method} {_safe_url(url)} failed: {type(exc).__name__}: {exc}",
-                    retryable=True,
-                ) from None
+        try:
+            resp = await client.request(method, url, **kwargs)
+        except httpx2.TimeoutException:
+            raise NodeError(
+                f"http {method} {_safe_url(url)} timed out after {timeout:g}s", retryable=True
+            ) from None
+        except (httpx2.UnsupportedProtocol, httpx2.InvalidURL) as exc:
+            raise NodeError(f"http: invalid URL {_safe_url(url)}: {exc}") from None
+        except httpx2.TransportError as exc:  # connect/read errors, dropped connections
+            raise NodeError(
+                f"http {method} {_safe_url(url)} failed: {type(exc).__name__}: {exc}",
+                retryable=True,
+            ) from None
 
         status = resp.status_code
         outputs = {

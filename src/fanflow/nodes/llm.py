@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fanflow.errors import NodeError
-from fanflow.io.limits import NULL_LIMIT
 from fanflow.io.providers import DEFAULT_TIMEOUT, get_provider, preflight_llm, resolve_model
 from fanflow.nodes.base import AsyncNode, Param
+
+if TYPE_CHECKING:
+    from fanflow.io.limits import LimitRegistry
 
 
 class LlmNode(AsyncNode):
@@ -36,9 +38,12 @@ class LlmNode(AsyncNode):
         "llm_usage": "{model, input_tokens, output_tokens, total_tokens}",
     }
     default_attempts = 3
-    # This node acquires its own limits (resource keys and node:llm) around the request only,
-    # so the engine must not also take node:llm around the whole execution.
-    limits_managed: ClassVar[bool] = True
+
+    @classmethod
+    def resource_keys(cls, params: dict[str, Any], limits: LimitRegistry) -> list[str]:
+        """`llm:<provider>` and `llm:<provider>/<model>`, acquired before the budget slot."""
+        provider, model = resolve_model(params.get("model"))
+        return limits.keys_for_llm(provider, model)
 
     @classmethod
     def preflight(cls, params: dict[str, Any]) -> str | None:
@@ -61,17 +66,9 @@ class LlmNode(AsyncNode):
 
         provider_name, model = resolve_model(p.get("model"))
         provider = get_provider(self.ctx, provider_name)
-        limits = self.ctx.limits
-        keys = (
-            limits.keys_for_llm(provider_name, model) + limits.keys_for_node("llm")
-            if limits
-            else []
+        text, usage = await provider.complete(
+            prompt, system or None, model, temperature, max_tokens, timeout=timeout
         )
-        guard = limits.acquire(*keys) if keys else NULL_LIMIT
-        async with guard:  # held for the call only, never across the engine's retry wait
-            text, usage = await provider.complete(
-                prompt, system or None, model, temperature, max_tokens, timeout=timeout
-            )
         return {"response": text, "llm_usage": {"model": model, **usage}}
 
 

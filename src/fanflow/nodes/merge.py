@@ -1,14 +1,14 @@
 """merge: collect the outputs of several upstream nodes into one value (the fan-in of a fan-out).
 
-The declared `inputs` are templates, so the dependencies stay explicit: the engine renders them
-before the node runs. Because rendering loses where a value came from, the engine also passes
-`params["__sources__"]`: for a list of inputs, the id of the node each entry reads (None for an
-entry that reads no node); for a dict of inputs, {name: node id}.
+The declared `inputs` are templates, so the dependencies stay explicit. Rendering loses where a
+value came from, so this node's own `render_params` hook also records `sources`: for a list of
+inputs, the id of the node each entry reads (None for an entry that reads no node); for a dict of
+inputs, {name: node id}.
 
-For `strategy: "first"` the engine starts the merge as soon as one upstream succeeds, cancels the
-other upstream branches and passes only the winner's entry (with its source). When it passes
-several entries anyway (every upstream already finished), the first present one in declared
-order wins, so the result is still deterministic.
+`strategy: "first"` is a race: `joins_on_first` tells the scheduler to start the merge as soon
+as one upstream succeeds (and to cancel the upstream work nothing else needs); only the inputs
+that have a value by then are rendered. When several are present (every upstream had already
+finished), the first present one in declared order wins, so the result is still deterministic.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import json
 import re
 from typing import Any
 
+from fanflow import templates
 from fanflow.errors import NodeError
-from fanflow.nodes.base import Node, Param
+from fanflow.nodes.base import Node, Param, Scope
 
 STRATEGIES = ("object", "list", "concat", "first")
-SOURCES_PARAM = "__sources__"
+SOURCES_PARAM = "sources"  # set by render_params, never by the author (not a declared param)
 # The node a template entry reads first: `${fetch.response}` → "fetch" (static check only).
 _FIRST_REF = re.compile(r"\$\{\s*([^.\[}\s]+)")
 
@@ -55,6 +56,31 @@ class MergeNode(Node):
         "result": "the merged value (object, list, text, or the winning value for first)",
         "winner": "first only: the id of the node whose value won",
     }
+
+    @classmethod
+    def joins_on_first(cls, params: dict[str, Any]) -> bool:
+        return params.get("strategy") == "first"
+
+    @classmethod
+    def render_params(cls, compiled: Any, scope: Scope) -> dict[str, Any]:
+        """Render the inputs and note the node each one reads (`sources`), since rendering loses
+        where a value came from. For `first`, only the inputs that have a value are rendered:
+        the engine starts the merge as soon as one upstream succeeds."""
+        params = {k: templates.render(v, scope) for k, v in compiled.items() if k != "inputs"}
+        inputs = compiled.get("inputs")
+        race = params.get("strategy") == "first"
+        if isinstance(inputs, dict):
+            rendered = {k: _render(v, scope, race) for k, v in inputs.items()}
+            params["inputs"] = {k: v for k, v in rendered.items() if v is not _ABSENT}
+            params[SOURCES_PARAM] = {k: _source(inputs[k]) for k in params["inputs"]}
+        elif isinstance(inputs, list):
+            pairs = [(_render(v, scope, race), _source(v)) for v in inputs]
+            kept = [(v, src) for v, src in pairs if v is not _ABSENT]
+            params["inputs"] = [v for v, _ in kept]
+            params[SOURCES_PARAM] = [src for _, src in kept]
+        else:
+            params["inputs"] = templates.render(inputs, scope)
+        return params
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[str]:
@@ -108,6 +134,23 @@ class MergeNode(Node):
             # None is an absent value (e.g. a branch that failed under on_error: continue).
             return {"result": separator.join(_as_text(v) for v in values if v is not None)}
         return {"result": _keyed(names, values)}
+
+
+_ABSENT = object()
+
+
+def _render(value: Any, scope: Scope, race: bool) -> Any:
+    if not race:
+        return templates.render(value, scope)
+    try:
+        return templates.render(value, scope)
+    except templates.MissingValue:
+        return _ABSENT  # that branch has not finished (or lost): the race goes on without it
+
+
+def _source(value: Any) -> str | None:
+    refs = value.refs() if isinstance(value, templates.Template) else []
+    return refs[0].root if refs else None
 
 
 def _entries(inputs: Any, sources: Any) -> tuple[list[str], list[Any], list[str | None]]:

@@ -9,8 +9,9 @@ import os
 import signal
 from typing import Any
 
+from fanflow import templates
 from fanflow.errors import NodeError
-from fanflow.nodes.base import AsyncNode, Param
+from fanflow.nodes.base import AsyncNode, Param, Scope
 
 KILL_GRACE_SECONDS = 2.0
 
@@ -31,14 +32,22 @@ class ShellNode(AsyncNode):
         "stderr": "standard error",
         "exit_code": "the exit status",
     }
-    # The engine renders `command` with templates.render_for_shell and passes the values here.
-    shell_params = ("command",)
+
+    @classmethod
+    def render_params(cls, compiled: Any, scope: Scope) -> dict[str, Any]:
+        """Values substituted into `command` are data, never code: each template becomes a
+        quoted reference to an environment variable that holds its value (added to `env`)."""
+        params = {k: templates.render(v, scope) for k, v in compiled.items() if k != "command"}
+        command, values = templates.render_for_shell(compiled["command"], scope, "FANFLOW_VALUE_")
+        params["command"] = command
+        if values:
+            params["env"] = {**(params.get("env") or {}), **values}
+        return params
 
     async def exec_async(self, prep_res: Any) -> dict[str, Any]:
         p = self.params
         env = os.environ.copy()
         env.update({str(k): str(v) for k, v in (p.get("env") or {}).items()})
-        env.update(p.get("__shell_env__") or {})
         stdin = p.get("stdin")
         if stdin is not None and not isinstance(stdin, str | bytes):
             stdin = json.dumps(stdin)

@@ -1,16 +1,22 @@
-"""Shared by the trace writer and the summary: record events as small tuples, pair them into spans.
+"""Shared by the trace writer and the summary: keep the events, pair them into spans at the end.
 
-Listeners run on the event-loop thread, so `on_event` only appends a tuple holding the few fields
-we need (ids, statuses, actions, counts, error text). Outputs, params and item values are never
-kept, so nothing secret can leak into a trace or summary. Pairing happens once, at the end.
+Listeners run on the event-loop thread, so `Recorder.on_event` is the bound `append` of a list:
+no Python frame, no per-event tuple. The events keep the references the engine gave them
+(outputs, item values) in memory until the recorder is dropped, but only ids, statuses,
+actions, counts and error text are ever copied into a span, so nothing secret can reach a
+trace or summary. Pairing happens once, in `build()`, with garbage collection paused.
 """
 
 from __future__ import annotations
 
+import gc
+import heapq
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from fanflow.engine.events import (
+from fanflow.events import (
     ITEM_FINISHED,
     ITEM_STARTED,
     NODE_FINISHED,
@@ -21,10 +27,7 @@ from fanflow.engine.events import (
     RUN_STARTED,
     Event,
 )
-
-# Internal record kinds next to the public event kinds.
-RESUMED = "resumed"
-HANDLED = "node_finished_handled"
+from fanflow.status import RUNNING
 
 ERROR_CHARS = 500  # long tracebacks would bloat the trace; the head says what went wrong
 
@@ -36,6 +39,19 @@ def short_error(error: Any, limit: int = ERROR_CHARS) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pairing and formatting allocate a few objects per span; the collections that would
+    trigger find nothing to free (nothing here is cyclic) but walk the whole heap."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @dataclass(slots=True)
 class Retry:
     t: float
@@ -44,25 +60,26 @@ class Retry:
     wait: Any
 
 
-@dataclass(slots=True)
-class Span:
-    """One leaf or node execution: a node run (`item is None`) or one batch item."""
+class Span(NamedTuple):
+    """One leaf or node execution: a node run (`item is None`) or one batch item.
+
+    A tuple, so `build()` makes one per execution at C speed and readers can unpack it."""
 
     node: str
     item: int | None
     start: float
-    end: float | None = None
-    status: str = "incomplete"  # stays so when the run ended before the finish event arrived
+    end: float  # a run cut short (no finish event) ends with the run, its status `running`
+    status: str = RUNNING
     action: str | None = None
     attempts: Any = None
     error: Any = None
     batch: int | None = None  # item count, for the run of a batch node
     handled: bool = False  # failed, but an `error` edge took it (the run went on)
-    retries: list[Retry] = field(default_factory=list)
+    retries: tuple[Retry, ...] = ()
 
     @property
     def duration(self) -> float:
-        return 0.0 if self.end is None else self.end - self.start
+        return self.end - self.start
 
 
 @dataclass(slots=True)
@@ -81,70 +98,47 @@ class Built:
     resumed: list[Skip] = field(default_factory=list)  # completed in an earlier run, replayed
 
 
-class Recorder:
-    """Append-only event buffer. `on_event` is a few attribute loads and one append."""
+_new = tuple.__new__  # Span(...) without the Python-level __new__ of a NamedTuple
 
-    __slots__ = ("finished", "records", "started")
+
+class Recorder:
+    """Append-only event buffer: `on_event` is `list.append`, bound once."""
+
+    __slots__ = ("_built", "_built_n", "_meta", "events", "on_event")
 
     def __init__(self) -> None:
-        self.records: list[tuple] = []
-        self.started: Event | None = None  # RUN_STARTED, kept whole minus inputs (see meta)
-        self.finished: Event | None = None
+        self.events: list[Event] = []
+        self.on_event = self.events.append
+        self._built: Built | None = None
+        self._meta: dict[str, Any] | None = None
+        self._built_n = -1  # len(events) when _built and _meta were made
 
-    def on_event(self, event: Event) -> None:
-        kind = event.kind
-        if kind in (NODE_FINISHED, ITEM_FINISHED):
-            d = event.data
-            if d.get("resumed"):  # replayed from an earlier run: nothing ran here
-                self.records.append((RESUMED, event.t, event.node, None))
-                return
-            # A failure taken by an `error` edge is not a run failure: remember it was handled.
-            if kind == NODE_FINISHED and d.get("handled"):
-                kind = HANDLED
-            self.records.append(
-                (
-                    kind,
-                    event.t,
-                    event.node,
-                    event.item,
-                    d.get("status"),
-                    d.get("action"),
-                    d.get("attempts"),
-                    d.get("error"),
-                )
-            )
-        elif kind == NODE_STARTED:
-            if event.data.get("resumed"):
-                return
-            self.records.append((kind, event.t, event.node, None, event.data.get("batch")))
-        elif kind == ITEM_STARTED:
-            self.records.append((kind, event.t, event.node, event.item))
-        elif kind == NODE_RETRY:
-            d = event.data
-            self.records.append(
-                (
-                    kind,
-                    event.t,
-                    event.node,
-                    event.item,
-                    d.get("attempt"),
-                    d.get("error"),
-                    d.get("wait"),
-                )
-            )
-        elif kind == NODE_SKIPPED:
-            self.records.append((kind, event.t, event.node, None, event.data.get("reason")))
-        elif kind == RUN_STARTED:
-            self.started = event
-        elif kind == RUN_FINISHED:
-            self.finished = event
+    def close(self) -> None:
+        pass
+
+    @property
+    def started(self) -> Event | None:
+        events = self.events
+        if events and events[0].kind == RUN_STARTED:
+            return events[0]
+        return next((e for e in events if e.kind == RUN_STARTED), None)
+
+    @property
+    def finished(self) -> Event | None:
+        events = self.events
+        if events and events[-1].kind == RUN_FINISHED:
+            return events[-1]
+        return next((e for e in reversed(events) if e.kind == RUN_FINISHED), None)
 
     # -- what the run said about itself (ids and statuses only) -------------------------------
 
     def meta(self) -> dict[str, Any]:
+        if self._meta is not None and self._built_n == len(self.events):
+            return self._meta
         out: dict[str, Any] = {}
-        if self.started is not None:
-            d = self.started.data
+        started = self.started
+        if started is not None:
+            d = started.data
             for key in (
                 "run_id",
                 "workflow",
@@ -157,98 +151,174 @@ class Recorder:
                     out[key] = d[key]
             if d.get("deps") is not None:
                 out["deps"] = {k: list(v) for k, v in d["deps"].items()}
-        if self.finished is not None:
-            d = self.finished.data
+        finished = self.finished
+        if finished is not None:
+            d = finished.data
             out["status"] = d.get("status")
             if d.get("failed_node") is not None:
                 out["failed_node"] = d["failed_node"]
             if d.get("error") is not None:
                 out["error"] = short_error(d["error"])
+        if self._built is not None and self._built_n == len(self.events):
+            self._meta = out  # the run has finished: a trace and a summary read it once
         return out
 
     def build(self) -> Built:
-        """Pair starts with finishes. A node may run several times (loops), so each finish closes
-        the oldest open run of that node; anything still open at the end stays `incomplete`."""
-        records = self.records
-        if self.started is not None:
-            t0 = self.started.t
-        elif records:
-            t0 = records[0][1]
-        else:
-            t0 = 0.0
-        t_end = t0
+        """Pair starts with finishes (see `build_spans`). Cached once the run has finished, so a
+        trace and a summary sharing this recorder pair the events once."""
+        n = len(self.events)
+        if self._built is not None and self._built_n == n:
+            return self._built
+        with gc_paused():
+            built = build_spans(self.events)
         if self.finished is not None:
-            t_end = self.finished.t
-        elif records:
-            t_end = max(t0, records[-1][1])
+            self._built, self._built_n = built, n
+        return built
 
-        spans: list[Span] = []
-        skips: list[Skip] = []
-        resumed: list[Skip] = []
-        open_nodes: dict[str, list[Span]] = {}
-        open_items: dict[tuple[str, int | None], Span] = {}
-        for rec in records:
-            kind, t, node = rec[0], rec[1], rec[2]
-            if kind == NODE_STARTED:
-                span = Span(node, None, t, batch=rec[4])
-                spans.append(span)
-                open_nodes.setdefault(node, []).append(span)
-            elif kind == ITEM_STARTED:
-                span = Span(node, rec[3], t)
-                spans.append(span)
-                open_items[(node, rec[3])] = span
-            elif kind in (NODE_FINISHED, HANDLED):
-                runs = open_nodes.get(node)
-                if not runs:
-                    continue  # replayed on resume: it did not run in this process
-                span = runs.pop(0)
-                span.end, span.status, span.action, span.attempts, span.error = t, *rec[4:8]
-                span.handled = kind == HANDLED
-            elif kind == ITEM_FINISHED:
-                span = open_items.pop((node, rec[3]), None)
-                if span is None:
+
+def build_spans(events: Sequence[Event]) -> Built:
+    """Pair starts with finishes, events in emission (time) order. A node may run several times
+    (loops), so each finish closes the oldest open run of that node; anything still open at the
+    end ends with the run, status `running`."""
+    spans: list[Any] = []  # a Span, or None while its run is open
+    open_nodes: dict[str | None, tuple[int, float, Any]] = {}  # node → (index, start, batch)
+    more_open: dict[str | None, list[tuple[int, float, Any]]] = {}  # a node's later open runs
+    open_items: dict[tuple[str | None, int | None], tuple[int, float]] = {}
+    orphans: list[tuple[tuple[str | None, int | None], tuple[int, float]]] = []
+    retries: dict[int, list[Retry]] = {}
+    skips: list[Skip] = []
+    resumed: list[Skip] = []
+    t0: float | None = None
+    t_run_end: float | None = None
+    new, add, span_cls = _new, spans.append, Span
+    for e in events:
+        kind = e.kind
+        if kind == NODE_FINISHED:
+            d = e.data
+            node = e.node
+            if d.get("resumed"):  # replayed from an earlier run: nothing ran here
+                resumed.append(Skip(node or "?", e.t, "resumed"))
+                continue
+            run = open_nodes.pop(node, None)
+            if run is None:
+                continue
+            if more_open and node in more_open:
+                _promote(node, open_nodes, more_open)
+            i, start, batch = run
+            spans[i] = new(span_cls, (node, None, start, e.t, d.get("status"), d.get("action"),
+                                      d.get("attempts"), d.get("error"), batch,
+                                      d.get("handled", False), ()))  # fmt: skip
+        elif kind == NODE_STARTED:
+            d = e.data
+            batch = None
+            if d:
+                if d.get("resumed"):
                     continue
-                span.end, span.status, span.attempts, span.error = t, rec[4], rec[6], rec[7]
-            elif kind == NODE_RETRY:
-                item = rec[3]
-                target = open_items.get((node, item)) if item is not None else None
-                if target is None:
-                    runs = open_nodes.get(node)
-                    target = runs[-1] if runs else None
-                if target is not None:
-                    target.retries.append(Retry(t, rec[4], short_error(rec[5]), rec[6]))
-            elif kind == NODE_SKIPPED:
-                skips.append(Skip(node, t, rec[4]))
-            elif kind == RESUMED:
-                resumed.append(Skip(node, t, "resumed"))
-        # Executions cut short (crash, interrupt without finish events) end with the run.
-        for span in spans:
-            if span.end is None:
-                span.end = max(t_end, span.start)
-            elif span.end > t_end:
-                t_end = span.end
-        return Built(spans, skips, t0, t_end, resumed)
+                batch = d.get("batch")
+            node = e.node
+            run = (len(spans), e.t, batch)
+            if node in open_nodes:  # a second open run of the same node (rare)
+                more_open.setdefault(node, []).append(run)
+            else:
+                open_nodes[node] = run
+            add(None)
+        elif kind == ITEM_FINISHED:
+            d = e.data
+            if d.get("resumed"):
+                resumed.append(Skip(e.node or "?", e.t, "resumed"))
+                continue
+            item_run = open_items.pop((e.node, e.item), None)
+            if item_run is None:
+                continue
+            i, start = item_run
+            spans[i] = new(span_cls, (e.node, e.item, start, e.t, d.get("status"), None,
+                                      d.get("attempts"), d.get("error"), None, False, ()))  # fmt: skip
+        elif kind == ITEM_STARTED:
+            item_key = (e.node, e.item)
+            if item_key in open_items:  # started again before it finished: the first stays open
+                orphans.append((item_key, open_items[item_key]))
+            open_items[item_key] = (len(spans), e.t)
+            add(None)
+        elif kind == NODE_RETRY:
+            d = e.data
+            target: int | None = None
+            if e.item is not None:
+                item_run = open_items.get((e.node, e.item))
+                target = item_run[0] if item_run is not None else None
+            if target is None:
+                later = more_open.get(e.node)
+                node_run = later[-1] if later else open_nodes.get(e.node)
+                target = node_run[0] if node_run is not None else None
+            if target is not None:
+                retry = Retry(e.t, d.get("attempt"), short_error(d.get("error")), d.get("wait"))
+                retries.setdefault(target, []).append(retry)
+        elif kind == NODE_SKIPPED:
+            skips.append(Skip(e.node or "?", e.t, e.data.get("reason")))
+        elif kind == RUN_STARTED:
+            if t0 is None:
+                t0 = e.t
+        elif kind == RUN_FINISHED:
+            t_run_end = e.t
+    if t0 is None:
+        t0 = events[0].t if events else 0.0
+    # Events come in time order: the last one is the latest finish (or run_finished itself).
+    t_end = max(t0 if t_run_end is None else t_run_end, events[-1].t if events else t0)
+    # Executions cut short (crash, interrupt without finish events) end with the run.
+    for node, (i, start, batch) in open_nodes.items():
+        spans[i] = Span(node or "?", None, start, max(t_end, start), RUNNING, batch=batch)
+    for node, runs in more_open.items():
+        for i, start, batch in runs:
+            spans[i] = Span(node or "?", None, start, max(t_end, start), RUNNING, batch=batch)
+    for (node, item), (i, start) in [*open_items.items(), *orphans]:
+        spans[i] = Span(node or "?", item, start, max(t_end, start), RUNNING)
+    for i, rs in retries.items():
+        spans[i] = spans[i]._replace(retries=tuple(rs))
+    return Built(spans, skips, t0, t_end, resumed)
 
 
-def pack_lanes(spans: list[Span]) -> list[int]:
+def _promote(
+    node: str | None,
+    open_nodes: dict[str | None, tuple[int, float, Any]],
+    more_open: dict[str | None, list[tuple[int, float, Any]]],
+) -> None:
+    later = more_open[node]
+    open_nodes[node] = later.pop(0)
+    if not later:
+        del more_open[node]
+
+
+def pack_lanes(spans: Sequence[Span]) -> list[int]:
     """Interval packing: give each span (in start order) the lowest lane free at its start, so
     concurrent spans never share a lane and the lane count equals the peak concurrency."""
-    import heapq
+    return pack_intervals([s.start for s in spans], [s.end for s in spans])
 
-    order = sorted(range(len(spans)), key=lambda i: (spans[i].start, spans[i].end))
-    lanes = [0] * len(spans)
-    busy: list[tuple[float, int]] = []  # (end, lane)
-    free: list[int] = []
+
+def pack_intervals(starts: list[Any], ends: list[Any]) -> list[int]:
+    """`pack_lanes` on parallel lists of starts and ends (floats, or int µs)."""
+    n = len(starts)
+    if starts == sorted(starts):  # what build() gives: no sort, ties keep their order
+        order: Sequence[int] = range(n)
+    else:
+        order = sorted(range(n), key=lambda i: (starts[i], ends[i]))
+    lanes = [0] * n
+    busy: list[tuple[Any, int]] = []  # heap of (end, lane)
+    free: list[int] = []  # heap of lanes
     n_lanes = 0
+    heappush, heappop = heapq.heappush, heapq.heappop
     for i in order:
-        s = spans[i]
-        while busy and busy[0][0] <= s.start:
-            heapq.heappush(free, heapq.heappop(busy)[1])
+        s = starts[i]
+        if not free and len(busy) == 1 and busy[0][0] <= s:
+            lane = busy[0][1]  # one lane in use and it is free again: a chain, the usual case
+            busy[0] = (ends[i], lane)
+            lanes[i] = lane
+            continue
+        while busy and busy[0][0] <= s:
+            heappush(free, heappop(busy)[1])
         if free:
-            lane = heapq.heappop(free)
+            lane = heappop(free)
         else:
             lane = n_lanes
             n_lanes += 1
         lanes[i] = lane
-        heapq.heappush(busy, (s.end if s.end is not None else s.start, lane))
+        heappush(busy, (ends[i], lane))
     return lanes

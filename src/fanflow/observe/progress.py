@@ -7,8 +7,12 @@
 - quiet → a listener that does nothing.
 
 Listeners run on the event-loop thread and must be cheap (a 10,000-node chain emits 20,000
-events), so lines are buffered and written in one write + flush at most every `COALESCE_S`
-through the running loop, or immediately when there is no loop (tests, sync callers).
+events). The plain listener's `on_event` is a bare `list.append` between flushes: the events are
+read, counted and turned into lines together at most every `COALESCE_S` through the running loop
+(immediately when there is no loop: tests, sync callers). Routine lines (a start, a success, a
+skip) are capped at `ROUTINE_LINES_PER_S` per second of run time; beyond that they are counted
+and said in one line per second (`… 2,490 started, 2,490 ok (2,500/10,000 done, 1 running: n2500)`).
+Failures, cancellations, retries and batch counts are always written.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
-from fanflow.engine.events import (
+from fanflow.events import (
     ITEM_FINISHED,
     ITEM_STARTED,
     NODE_FINISHED,
@@ -32,9 +37,11 @@ from fanflow.engine.events import (
     Event,
     Listener,
 )
+from fanflow.status import CANCELLED, FAILED, SUCCESS
 
 COALESCE_S = 0.05  # lines reach the stream at most this late; a person cannot tell
 BATCH_LINE_EVERY_S = 1.0  # non-TTY: at most one progress line per batch per second
+ROUTINE_LINES_PER_S = 30  # non-TTY: start/success/skip lines per second of run time, then counts
 ERROR_CHARS = 200
 
 UNICODE_GLYPHS = {
@@ -44,6 +51,7 @@ UNICODE_GLYPHS = {
     "skip": "↷",
     "retry": "↻",
     "cancel": "⊘",
+    "more": "…",
 }
 ASCII_GLYPHS = {
     "start": ">",
@@ -52,6 +60,7 @@ ASCII_GLYPHS = {
     "skip": "skip",
     "retry": "retry",
     "cancel": "cancelled",
+    "more": "...",
 }
 
 
@@ -155,7 +164,13 @@ class _LineSink:
 
 
 class _ProgressBase:
-    """Node/batch bookkeeping shared by both renderings; subclasses turn it into output."""
+    """Node/batch bookkeeping shared by both renderings; subclasses turn it into output.
+
+    Routine lines go through `_take(t)`: the plain listener gives each second of run time a budget
+    of them and counts the rest (`held`), said in one line when the second is over."""
+
+    window_s = float("inf")  # the live display shows everything: one endless window
+    lines_per_window = sys.maxsize
 
     def __init__(self, glyphs: dict[str, str]):
         self.g = glyphs
@@ -164,9 +179,45 @@ class _ProgressBase:
         self.running: dict[str, float] = {}  # node -> start t, insertion order = start order
         self.batches: dict[str, _Batch] = {}
         self.done = self.failed = self.skipped = self.retries = 0
+        self.window_end = float("-inf")
+        self.budget = 0  # routine lines left in this window
+        self.held = [0, 0, 0, 0]  # routine lines not written: started, ok, skipped, resumed
 
     def _line(self, line: str, style: str | None = None) -> None:
         raise NotImplementedError
+
+    def _take(self, t: float) -> bool:
+        """May a routine line at time `t` be written? If not, the caller counts it in `held`."""
+        if t >= self.window_end:
+            self._say_held()
+            self.window_end = t + self.window_s
+            self.budget = self.lines_per_window
+        if self.budget > 0:
+            self.budget -= 1
+            return True
+        return False
+
+    def _say_held(self) -> None:
+        held = self.held
+        if not any(held):
+            return
+        parts = [
+            f"{n:,} {word}"
+            for n, word in zip(held, ("started", "ok", "skipped", "resumed"), strict=True)
+            if n
+        ]
+        self.held = [0, 0, 0, 0]
+        done = f"{self.done:,}" + (f"/{self.total_nodes:,}" if self.total_nodes else "")
+        running = ""
+        if self.running:
+            names = list(self.running)[:3]
+            more = len(self.running) - len(names)
+            running = ": " + ", ".join(names) + (f" +{more:,}" if more else "")
+        self._line(
+            f"{self.g['more']} {', '.join(parts)} ({done} done, "
+            f"{len(self.running):,} running{running})",
+            "dim",
+        )
 
     def _batch_line(self, node: str, b: _Batch) -> str:
         total = "?" if b.total is None else str(b.total)
@@ -181,9 +232,10 @@ class _ProgressBase:
                 return
             b.done += 1
             b.running -= 1
-            if e.data.get("status") == "success":
+            status = e.data.get("status")
+            if status == SUCCESS:
                 b.ok += 1
-            elif e.data.get("status") == "failed":
+            elif status == FAILED:
                 b.failed += 1
             self._item_finished(e.node, b, e.t)  # type: ignore[arg-type]
         elif kind == ITEM_STARTED:
@@ -191,49 +243,61 @@ class _ProgressBase:
             if b is None:  # items without a batch start event: track them anyway
                 b = self.batches[e.node] = _Batch(None, e.t)  # type: ignore[index]
             b.running += 1
-        elif kind == NODE_STARTED:
-            node = e.node or "?"
-            if e.data.get("resumed"):
-                return  # replayed from an earlier run; its finish line says so
-            self.running[node] = e.t
-            count = e.data.get("batch")
-            if count is not None:
-                self.batches[node] = _Batch(count, e.t)
-                self._line(f"{g['start']} {node} ({count} items)", "dim")
-            else:
-                self._line(f"{g['start']} {node}", "dim")
         elif kind == NODE_FINISHED:
             node = e.node or "?"
-            if e.data.get("resumed"):
+            d = e.data
+            if d.get("resumed"):
                 self.done += 1
-                self._line(f"{g['ok']} {node} (resumed: completed by an earlier run)", "dim")
+                if self._take(e.t):
+                    self._line(f"{g['ok']} {node} (resumed: completed by an earlier run)", "dim")
+                else:
+                    self.held[3] += 1
                 return
             start = self.running.pop(node, None)
-            dur = fmt_duration(e.t - start) if start is not None else "-"
+            status = d.get("status")
+            self.done += 1
             b = self.batches.pop(node, None)
+            if b is None and status == SUCCESS and not self._take(e.t):
+                self.held[1] += 1  # the usual case of a flood: counted, not formatted
+                return
             if b is not None:
                 self._line(self._batch_line(node, b), "dim")
-            d = e.data
-            status = d.get("status")
+            dur = fmt_duration(e.t - start) if start is not None else "-"
             attempts = d.get("attempts")
             note = f" ({attempts} attempts)" if isinstance(attempts, int) and attempts > 1 else ""
             action = d.get("action")
-            if action and action != "default" and status == "success":
+            if action and action != "default" and status == SUCCESS:
                 note += f" -> {action}"
-            self.done += 1
-            if status == "success":
+            if status == SUCCESS:
                 self._line(f"{g['ok']} {node} {dur}{note}", "green")
-            elif status == "cancelled":
+            elif status == CANCELLED:
                 self._line(f"{g['cancel']} {node} {dur} cancelled", "yellow")
             else:
                 self.failed += 1
-                err = _first_line(d.get("error")) if d.get("error") else status or "failed"
+                err = _first_line(d.get("error")) if d.get("error") else status or FAILED
                 if d.get("handled"):
                     err += " (handled by its error edge)"
                 self._line(f"{g['fail']} {node} {dur}{note}: {err}", "red")
+        elif kind == NODE_STARTED:
+            node = e.node or "?"
+            d = e.data
+            if d and d.get("resumed"):
+                return  # replayed from an earlier run; its finish line says so
+            self.running[node] = e.t
+            count = d.get("batch") if d else None
+            if count is not None:
+                self.batches[node] = _Batch(count, e.t)
+                self._line(f"{g['start']} {node} ({count} items)", "dim")
+            elif self._take(e.t):
+                self._line(f"{g['start']} {node}", "dim")
+            else:
+                self.held[0] += 1
         elif kind == NODE_SKIPPED:
             self.done += 1
             self.skipped += 1
+            if not self._take(e.t):
+                self.held[2] += 1
+                return
             reason = e.data.get("reason")
             self._line(f"{g['skip']} {e.node} skipped" + (f": {reason}" if reason else ""), "dim")
         elif kind == NODE_RETRY:
@@ -260,33 +324,92 @@ class _ProgressBase:
 
 
 class PlainProgress(_ProgressBase):
-    """Line-per-event output for pipes and CI logs."""
+    """Lines for pipes and CI logs (see the module docstring for what is written and when)."""
 
-    def __init__(self, stream: TextIO, batch_every: float = BATCH_LINE_EVERY_S):
+    on_event: Callable[[Event], None]  # `_arm`, or the pending list's append once armed
+    window_s = 1.0
+
+    def __init__(
+        self,
+        stream: TextIO,
+        batch_every: float = BATCH_LINE_EVERY_S,
+        lines_per_s: int = ROUTINE_LINES_PER_S,
+    ):
         super().__init__(_glyphs_for(stream))
         self.stream = stream
         self.batch_every = batch_every
-        self._sink = _LineSink(self._write)
-        self.on_event = self.handle  # bound once: no extra call per event
+        self.lines_per_window = lines_per_s
+        self._pending: list[Event] = []  # events not looked at yet
+        self._out: list[str] = []  # lines not written yet
+        self._armed = False  # a flush is scheduled on the running loop
+        self.broken = False
+        self.on_event = self._arm
 
-    def on_event(self, event: Event) -> None:  # replaced per instance in __init__
-        self.handle(event)
+    def _arm(self, event: Event) -> None:
+        """The first event after a flush: schedule the next flush, then append only."""
+        self._pending.append(event)
+        if self._armed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._armed = True
+        self.on_event = self._pending.append
+        loop.call_later(COALESCE_S, self._tick)
 
-    def _write(self, lines: list[str]) -> None:
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
+    def _tick(self) -> None:
+        self.flush()
+        if any(self.held) and not self._armed:
+            # Held lines are said once their second is over, even if nothing else happens.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # pragma: no cover - called from the loop
+                return
+            self._armed = True
+            self.on_event = self._pending.append
+            loop.call_later(max(self.window_end - time.perf_counter(), COALESCE_S), self._tick)
+
+    def flush(self) -> None:
+        """Read the pending events and write their lines (one write and one flush)."""
+        self._armed = False
+        self.on_event = self._arm
+        events = self._pending.copy()  # the same list object stays appended to
+        self._pending.clear()
+        if self.broken:
+            return
+        handle = self.handle
+        for e in events:
+            handle(e)
+        if any(self.held) and time.perf_counter() >= self.window_end:
+            self._say_held()
+        self._write()
+
+    def _write(self) -> None:
+        if not self._out or self.broken:
+            return
+        lines = self._out
+        self._out = []
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # broken pipe / closed stream: progress must not fail a run
+            self.broken = True
 
     def _line(self, line: str, style: str | None = None) -> None:
-        self._sink.add(line)
+        self._out.append(line)
 
     def _item_finished(self, node: str, b: _Batch, t: float) -> None:
         # Periodic line; the final count is written when the batch node finishes.
         if t - b.last_line >= self.batch_every and b.done != b.total:
             b.last_line = t
-            self._sink.add(self._batch_line(node, b))
+            self._out.append(self._batch_line(node, b))
 
     def close(self) -> None:
-        self._sink.flush()
+        self.flush()
+        self._say_held()
+        self._write()
 
 
 class LiveProgress(_ProgressBase):

@@ -9,41 +9,54 @@ Figures (all times in ms):
   pay it too, so the sequential estimate is busy + idle and speedup = that ÷ wall.
 - critical_path: the chain that was actually realised, walked back from the last node to finish
   through, at each step, the dependency that finished last before the node started.
+- nodes: node counts by status (`fanflow.status.Status`: the last run of a node that ran several
+  times counts); `handled` says how many of the failed were taken by an `error` edge, `resumed`
+  how many of the successful completed in an earlier run; `pending` counts the nodes that never
+  started because the run stopped first.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
-from fanflow.engine.events import Event
-from fanflow.observe._spans import Built, Recorder, Span, short_error
+from fanflow.events import Event
+from fanflow.observe._spans import Built, Recorder, Span, gc_paused, short_error
+from fanflow.status import CANCELLED, FAILED, PENDING, RUNNING, SKIPPED, SUCCESS
 
 TOP_SLOWEST = 5
 MAX_FAILURES = 10
 _EPS = 1e-9  # perf_counter ties: a dependency finishing "at" the start still counts as before
+_RETRIES = itemgetter(10)  # Span.retries, at C speed
+_SECOND = itemgetter(1)
 
 
 def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
+    # ms to the µs; round() to whole units is much cheaper than round(x, 3)
+    return round(seconds * 1e6) / 1e3
 
 
 class SummaryCollector:
     """Listener; call `summary()` after the run (or during it, for a partial picture)."""
 
+    on_event: Callable[[Event], None]  # the recorder's list.append: the hot path is one append
+
     def __init__(self, recorder: Recorder | None = None) -> None:
         # A recorder shared with a TraceWriter records each event once for both; the owner of
         # the recorder is then the only one subscribed to the bus.
         self._rec = recorder or Recorder()
-        self.on_event = self._rec.on_event  # the hot path is one append
-
-    def on_event(self, event: Event) -> None:  # replaced per instance in __init__
-        self._rec.on_event(event)
+        self.on_event = self._rec.on_event
 
     def close(self) -> None:
         pass
 
     def summary(self) -> dict[str, Any]:
-        return summarize(self._rec.build(), self._rec.meta())
+        built = self._rec.build()
+        with gc_paused():
+            return summarize(built, self._rec.meta())
 
 
 def _union_length(intervals: list[tuple[float, float]]) -> float:
@@ -62,73 +75,79 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
 
 
 def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
-    node_runs = [s for s in built.spans if s.item is None]
+    spans = built.spans
+    node_runs = [s for s in spans if s.item is None]
+    items = [s for s in spans if s.item is not None] if len(node_runs) != len(spans) else []
     items_by_node: dict[str, list[Span]] = {}
-    for s in built.spans:
-        if s.item is not None:
-            items_by_node.setdefault(s.node, []).append(s)
+    for s in items:
+        items_by_node.setdefault(s.node, []).append(s)
     batch_nodes = set(meta.get("batch_nodes") or ()) | set(items_by_node)
-    batch_nodes |= {s.node for s in node_runs if s.batch is not None}
+    batch_nodes.update(s.node for s in node_runs if s.batch is not None)
 
-    leaves = [s for s in built.spans if s.item is not None or s.node not in batch_nodes]
-    busy = sum(s.duration for s in leaves)
+    leaf_runs = [s for s in node_runs if s.node not in batch_nodes] if batch_nodes else node_runs
+    intervals = [(s.start, s.end) for s in leaf_runs] + [(s.start, s.end) for s in items]
+    busy = sum([e - s for s, e in intervals])
     wall = max(built.t_end - built.t0, 0.0)
-    covered = _union_length([(s.start, s.end or s.start) for s in leaves])
-    idle = max(wall - covered, 0.0)
+    idle = max(wall - _union_length(intervals), 0.0)
 
-    # Per node: time (its run, or its items' total for a batch) summed over loop visits.
-    busy_by_node: dict[str, float] = {}
-    for s in leaves:
-        busy_by_node[s.node] = busy_by_node.get(s.node, 0.0) + s.duration
-    wall_by_node: dict[str, float] = {}
-    status_by_node: dict[str, str] = {}
+    # Per node, summed over loop visits: its time (wall), its last status, its runs.
+    names = [s.node for s in node_runs]
     runs_by_node: dict[str, int] = {}
-    for s in node_runs:
-        wall_by_node[s.node] = wall_by_node.get(s.node, 0.0) + s.duration
-        status_by_node[s.node] = "handled" if s.handled else s.status
-        runs_by_node[s.node] = runs_by_node.get(s.node, 0) + 1
+    if len(set(names)) == len(names):  # each node ran once: the usual case, done at C speed
+        wall_by_node = {s.node: s.end - s.start for s in node_runs}
+        status_by_node = {s.node: s.status for s in node_runs}
+        handled = {s.node for s in node_runs if s.handled}
+    else:
+        wall_by_node, status_by_node, handled = {}, {}, set()
+        for s in node_runs:
+            wall_by_node[s.node] = wall_by_node.get(s.node, 0.0) + s.duration
+            status_by_node[s.node] = s.status
+            runs_by_node[s.node] = runs_by_node.get(s.node, 0) + 1
+            if s.handled:
+                handled.add(s.node)
+            else:
+                handled.discard(s.node)
     for sk in built.skips:
-        status_by_node.setdefault(sk.node, "skipped")
+        status_by_node.setdefault(sk.node, SKIPPED)
+    resumed = 0
     for sk in built.resumed:
-        status_by_node.setdefault(sk.node, "resumed")
+        if sk.node not in status_by_node:
+            status_by_node[sk.node] = SUCCESS  # completed by an earlier run
+            resumed += 1
 
-    counts: dict[str, int] = {}
-    for st in status_by_node.values():
-        counts[st] = counts.get(st, 0) + 1
+    counts = dict(Counter(status_by_node.values()))
     not_run = [n for n in meta.get("nodes") or () if n not in status_by_node]
     if not_run:  # never started: the run stopped first (fail-fast, interrupt)
-        counts["not run"] = len(not_run)
+        counts[PENDING] = len(not_run)
 
     slowest = []
-    for node, dur in sorted(wall_by_node.items(), key=lambda kv: -kv[1])[:TOP_SLOWEST]:
+    for node, dur in heapq.nlargest(TOP_SLOWEST, wall_by_node.items(), key=_SECOND):
         entry: dict[str, Any] = {"node": node, "ms": _ms(dur), "status": status_by_node[node]}
+        if node in handled:
+            entry["handled"] = True
         if node in batch_nodes:
-            entry["items"] = len(items_by_node.get(node, ()))
-            entry["busy_ms"] = _ms(busy_by_node.get(node, 0.0))
-        if runs_by_node[node] > 1:
+            node_items = items_by_node.get(node, ())
+            entry["items"] = len(node_items)
+            entry["busy_ms"] = _ms(sum([s.end - s.start for s in node_items]))
+        if runs_by_node.get(node, 1) > 1:
             entry["runs"] = runs_by_node[node]
         slowest.append(entry)
 
     failures: list[dict[str, Any]] = []
-    failed_items = 0
-    for s in built.spans:
-        if s.status != "failed":
-            continue
+    failed = [s for s in spans if s.status == FAILED]
+    for s in failed[:MAX_FAILURES]:
+        f: dict[str, Any] = {"node": s.node}
         if s.item is not None:
-            failed_items += 1
-        if len(failures) < MAX_FAILURES:
-            f: dict[str, Any] = {"node": s.node}
-            if s.item is not None:
-                f["item"] = s.item
-            if s.handled:
-                f["handled"] = True
-            f["error"] = short_error(s.error, 300)
-            failures.append(f)
+            f["item"] = s.item
+        if s.handled:
+            f["handled"] = True
+        f["error"] = short_error(s.error, 300)
+        failures.append(f)
 
-    path = critical_path(built, meta.get("deps"))
+    path = critical_path(built, meta.get("deps"), node_runs)
     seq = busy + idle
     return {
-        "status": meta.get("status") or ("incomplete" if built.spans else "empty"),
+        "status": meta.get("status") or (RUNNING if spans else PENDING),
         "wall_ms": _ms(wall),
         "busy_ms": _ms(busy),
         "idle_ms": _ms(idle),
@@ -136,32 +155,47 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
         "sequential_estimate_ms": _ms(seq),
         "speedup": round(seq / wall, 2) if wall > 0 else 1.0,
         "critical_path": path,
-        "critical_path_ms": round(sum(p["ms"] for p in path), 3),
+        "critical_path_ms": round(sum([p["ms"] for p in path]), 3),
         "slowest": slowest,
         "nodes": counts,
-        "retries": sum(len(s.retries) for s in built.spans),
-        "failed_items": failed_items,
+        "handled": len(handled),  # of the failed: an `error` edge took the failure
+        "resumed": resumed,
+        "retries": sum(map(len, map(_RETRIES, spans))),
+        "failed_items": sum(1 for s in failed if s.item is not None),
         "failures": failures,
         **({"failed_node": meta["failed_node"]} if meta.get("failed_node") else {}),
     }
 
 
-def critical_path(built: Built, deps: dict[str, list[str]] | None) -> list[dict[str, Any]]:
+_NOT_ON_PATH = (SKIPPED, CANCELLED)  # cancelled nodes stop because something else failed
+
+
+def critical_path(
+    built: Built, deps: dict[str, list[str]] | None, node_runs: list[Span] | None = None
+) -> list[dict[str, Any]]:
     """The realised critical path, first node first. Each step: {node, ms, start_ms, end_ms,
     status}. Skipped nodes take part with 0 ms (an or-join waits on the branch that ran)."""
+    if node_runs is None:
+        node_runs = [s for s in built.spans if s.item is None]
     # Every finish of every node (loops finish several times): node -> [(end, start, status)].
     finishes: dict[str, list[tuple[float, float, str]]] = {}
-    for s in built.spans:
-        if s.item is None and s.end is not None:
-            finishes.setdefault(s.node, []).append((s.end, s.start, s.status))
+    last: tuple[str, tuple[float, float, str]] | None = None  # the latest finish that ran
+    for s in node_runs:
+        f = (s.end, s.start, s.status)
+        runs = finishes.get(s.node)
+        if runs is None:
+            finishes[s.node] = [f]
+        else:
+            runs.append(f)
+        if (last is None or f[0] > last[1][0]) and f[2] not in _NOT_ON_PATH:
+            last = (s.node, f)
     for sk in built.skips:
-        finishes.setdefault(sk.node, []).append((sk.t, sk.t, "skipped"))
+        finishes.setdefault(sk.node, []).append((sk.t, sk.t, SKIPPED))
     if not finishes:
         return []
-    # Cancelled nodes stop when something else failed: the path that matters ends there.
-    ran = [(n, f) for n, fs in finishes.items() for f in fs if f[2] not in ("skipped", "cancelled")]
-    candidates = ran or [(n, f) for n, fs in finishes.items() for f in fs]
-    last_node, (end, start, status) = max(candidates, key=lambda nf: nf[1][0])
+    if last is None:  # nothing ran to completion: the path ends at the latest of the others
+        last = max(((n, f) for n, fs in finishes.items() for f in fs), key=lambda nf: nf[1][0])
+    last_node, (end, start, status) = last
     steps = [(last_node, start, end, status)]
     seen = {(last_node, end)}
     deps = deps or {}
@@ -182,9 +216,9 @@ def critical_path(built: Built, deps: dict[str, list[str]] | None) -> list[dict[
     return [
         {
             "node": n,
-            "ms": _ms(e - s),
-            "start_ms": _ms(s - t0),
-            "end_ms": _ms(e - t0),
+            "ms": round((e - s) * 1e6) / 1e3,
+            "start_ms": round((s - t0) * 1e6) / 1e3,
+            "end_ms": round((e - t0) * 1e6) / 1e3,
             "status": st,
         }
         for n, s, e, st in steps
@@ -202,7 +236,11 @@ def _fmt_s(ms: float) -> str:
 def format_summary(d: dict[str, Any]) -> str:
     """A few lines for stderr. ASCII only, so it survives any terminal or log encoding."""
     counts = d.get("nodes", {})
-    parts = [f"{n} {st}" for st, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    notes = {FAILED: (d.get("handled"), "handled"), SUCCESS: (d.get("resumed"), "resumed")}
+    parts = []
+    for st, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        extra, word = notes.get(st, (None, ""))
+        parts.append(f"{n} {st}" + (f" incl. {extra} {word}" if extra else ""))
     total = sum(counts.values())
     lines = [
         f"run {d.get('status', '?')} in {_fmt_s(d['wall_ms'])}: {total} nodes"

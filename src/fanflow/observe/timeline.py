@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fanflow.status import CANCELLED, FAILED, RUNNING, SUCCESS
+
 WIDTH = 1200
 GUTTER = 170  # lane labels
 RIGHT = 24
@@ -24,12 +26,13 @@ COUNTER_H = 70
 MAX_CONNECTOR_SPANS = 400  # above this, connectors are a hairball rather than a picture
 
 STATUS_COLORS = {
-    "success": "#3a9d5d",
-    "failed": "#d64545",
-    "cancelled": "#9a9a9a",
-    "incomplete": "#e09b2d",
+    SUCCESS: "#3a9d5d",
+    FAILED: "#d64545",
+    CANCELLED: "#9a9a9a",
+    RUNNING: "#e09b2d",  # started, never finished: the run ended first
+    "incomplete": "#e09b2d",  # what traces written before the status vocabulary said
 }
-ITEM_COLORS = {"success": "#5fa8d3", "failed": "#d64545", "cancelled": "#b0b0b0"}
+ITEM_COLORS = {SUCCESS: "#5fa8d3", FAILED: "#d64545", CANCELLED: "#b0b0b0", RUNNING: "#e09b2d"}
 DEFAULT_COLOR = "#7f8c8d"
 
 
@@ -376,11 +379,11 @@ def _page(
     legend = "".join(
         f"<span><i style='background:{c}'></i>{name}</span>"
         for name, c in (
-            ("success", STATUS_COLORS["success"]),
-            ("failed", STATUS_COLORS["failed"]),
-            ("cancelled", STATUS_COLORS["cancelled"]),
-            ("incomplete", STATUS_COLORS["incomplete"]),
-            ("batch item", ITEM_COLORS["success"]),
+            (SUCCESS, STATUS_COLORS[SUCCESS]),
+            (FAILED, STATUS_COLORS[FAILED]),
+            (CANCELLED, STATUS_COLORS[CANCELLED]),
+            (RUNNING, STATUS_COLORS[RUNNING]),
+            ("batch item", ITEM_COLORS[SUCCESS]),
         )
     )
     legend += (

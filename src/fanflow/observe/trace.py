@@ -12,19 +12,28 @@ params, outputs or item values, which can hold secrets.
 
 from __future__ import annotations
 
-import gc
 import json
+import math
 import os
-import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from bisect import bisect_left
+from collections.abc import Callable
 from itertools import accumulate
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
-from fanflow.engine.events import Event
-from fanflow.observe._spans import Built, Recorder, Span, pack_lanes, short_error
+from fanflow.events import Event
+from fanflow.observe._spans import (
+    Built,
+    Recorder,
+    Retry,
+    Span,
+    gc_paused,
+    pack_intervals,
+    short_error,
+)
+from fanflow.status import SKIPPED, SUCCESS
 
 PID = 1
 COUNTER_MAX_SAMPLES = 4000  # beyond this the in-flight track is downsampled
@@ -38,35 +47,21 @@ def _us(t: float, t0: float) -> int:
     return round((t - t0) * 1e6)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Pairing and formatting allocate a few objects per span; the collections that would
-    # trigger find nothing to free (nothing here is cyclic).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 class TraceWriter:
     """Listener buffering events in memory; `close()` writes the trace to `path` (if given)."""
+
+    on_event: Callable[[Event], None]  # the recorder's list.append: the hot path is one append
 
     def __init__(self, path: str | os.PathLike[str] | None = None):
         self.path = Path(path) if path is not None else None
         self._rec = Recorder()
         self._text: str | None = None
         self.error: str | None = None  # set when close() could not write the file
-        self.on_event = self._rec.on_event  # bound once: the hot path is a single append
+        self.on_event = self._rec.on_event
 
     @property
     def recorder(self) -> Recorder:
         return self._rec
-
-    def on_event(self, event: Event) -> None:  # replaced per instance in __init__
-        self._rec.on_event(event)
 
     def close(self) -> None:
         if self.path is None:
@@ -86,8 +81,9 @@ class TraceWriter:
         """The trace as JSON text (what `close()` writes). Cached once the run has finished."""
         if self._text is not None:
             return self._text
-        with _gc_paused():
-            text = trace_text(self._rec.build(), self._rec.meta())
+        built = self._rec.build()
+        with gc_paused():
+            text = trace_text(built, self._rec.meta())
         if self._rec.finished is not None:
             self._text = text
         return text
@@ -127,11 +123,13 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
     building dicts and encoding them); the rare events go through the encoder."""
     enc = _ENCODER.encode
     t0 = built.t0
-    node_spans = [s for s in built.spans if s.item is None]
+    spans = built.spans
+    node_spans = [s for s in spans if s.item is None]
     item_spans: dict[str, list[Span]] = {}
-    for s in built.spans:
-        if s.item is not None:
-            item_spans.setdefault(s.node, []).append(s)
+    if len(node_spans) != len(spans):
+        for s in spans:
+            if s.item is not None:
+                item_spans.setdefault(s.node, []).append(s)
 
     lines: list[str] = []
     add = lines.append
@@ -145,82 +143,74 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
         add(enc({"ph": "M", "name": "thread_sort_index", "pid": PID, "tid": tid,
                  "args": {"sort_index": sort}}))  # fmt: skip
 
-    # tid of each span (by position in built.spans); node lanes are 1..k, item lanes follow.
-    tid_of: dict[int, int] = {}
-    node_lanes = pack_lanes(node_spans)
-    for span, lane in zip(node_spans, node_lanes, strict=True):
-        tid_of[id(span)] = lane + 1
-    n_node_lanes = max(node_lanes, default=-1) + 1
+    # Whole µs from the run start; lanes packed on those, so what the file shows never overlaps.
+    starts = [round((s.start - t0) * 1e6) for s in node_spans]
+    ends = [round((s.end - t0) * 1e6) for s in node_spans]
+    lanes = pack_intervals(starts, ends)  # node lanes are tids 1..k, item lanes follow
+    n_node_lanes = max(lanes, default=-1) + 1
     for lane in range(n_node_lanes):
         lane_meta(lane + 1, f"lane {lane + 1}", lane + 1)
-    next_tid = n_node_lanes + 1
-    # Item lanes grouped per batch node, batches in the order they started.
-    for node, items in sorted(item_spans.items(), key=lambda kv: kv[1][0].start):
-        lanes = pack_lanes(items)
-        for span, lane in zip(items, lanes, strict=True):
-            tid_of[id(span)] = next_tid + lane
-        for lane in range(max(lanes) + 1):
-            lane_meta(next_tid + lane, f"{node} items {lane + 1}", next_tid + lane)
-        next_tid += max(lanes) + 1
 
-    batch_nodes = set(item_spans)
-    leaves: list[tuple[int, int]] = []  # (start, end) µs of leaf executions, for the counter
-    name_json: dict[str, str] = {}  # node id → its JSON string, escaped once
-    plain_args: dict[str, str] = {}  # status → args JSON, for spans with nothing else to say
-    for span in built.spans:
-        tid = tid_of[id(span)]
-        node = span.node
-        nj = name_json.get(node)
-        if nj is None:
-            nj = name_json[node] = f'"{node}"' if _PLAIN_ID.fullmatch(node) else enc(node)
-        ts = round((span.start - t0) * 1e6)
-        dur = round(((span.end if span.end is not None else span.start) - t0) * 1e6) - ts
-        if span.item is not None or (span.batch is None and node not in batch_nodes):
-            leaves.append((ts, ts + dur))  # a batch node's run is a container, not a leaf
-        simple = (
-            not span.retries
-            and span.error is None
-            and (span.action is None or span.action == "default")
-            and (span.attempts is None or span.attempts == 1)
-            and span.batch is None
-            and not span.handled
-            and isinstance(span.status, str)
-        )
-        if span.item is None:
-            if simple:
-                args = plain_args.get(span.status)
-                if args is None:
-                    args = plain_args[span.status] = enc({"status": span.status})
-            else:
-                args = enc(_span_args(span))
-            add(
-                f'{{"ph":"X","cat":"node","name":{nj},"pid":{PID},"tid":{tid},'
-                f'"ts":{ts},"dur":{dur},"args":{args}}}'
-            )
+    tid_ts = [f',"pid":{PID},"tid":{lane + 1},"ts":' for lane in range(n_node_lanes)]
+    keys: list[int] = []  # leaf starts (2·µs + 1) and ends (2·µs), for the in-flight counter
+    key = keys.append
+    plain: dict[Any, str] = {}  # status → args JSON, for spans with nothing else to say
+    for span, ts, te, lane in zip(node_spans, starts, ends, lanes, strict=True):
+        node, _, _, _, status, action, attempts, error, batch, handled, retries = span
+        if batch is None and node not in item_spans:  # a batch node's run is a container
+            key(ts * 2 + 1)
+            key(te * 2)
+        if (
+            error is None
+            and (action is None or action == "default")
+            and (attempts is None or attempts == 1)
+            and batch is None
+            and not handled
+            and not retries
+        ):
+            args = plain.get(status)
+            if args is None:
+                args = plain[status] = enc({"status": status})
         else:
-            item = int(span.item)
-            if simple:
-                args = plain_args.get(span.status)
+            args = enc(_span_args(span))
+        add(
+            f'{_NODE_HEAD}{encode_basestring(node)}{tid_ts[lane]}{ts},"dur":{te - ts},"args":{args}}}'
+        )
+        if retries:
+            _retry_lines(add, retries, node, None, lane + 1, t0)
+
+    # Item lanes grouped per batch node, batches in the order they started.
+    next_tid = n_node_lanes + 1
+    for node, items in sorted(item_spans.items(), key=lambda kv: kv[1][0].start):
+        starts = [round((s.start - t0) * 1e6) for s in items]
+        ends = [round((s.end - t0) * 1e6) for s in items]
+        lanes = pack_intervals(starts, ends)
+        n_lanes = max(lanes) + 1
+        for lane in range(n_lanes):
+            lane_meta(next_tid + lane, f"{node} items {lane + 1}", next_tid + lane)
+        prefix = encode_basestring(node)[:-1]  # "name[3]" is the node's JSON string plus [3]
+        for span, ts, te, lane in zip(items, starts, ends, lanes, strict=True):
+            item = int(span.item)  # type: ignore[arg-type]  # item spans have one
+            key(ts * 2 + 1)
+            key(te * 2)
+            if (
+                span.error is None
+                and (span.attempts is None or span.attempts == 1)
+                and not span.retries
+            ):
+                args = plain.get(span.status)
                 if args is None:
-                    args = plain_args[span.status] = enc({"status": span.status})
+                    args = plain[span.status] = enc({"status": span.status})
                 args = f'{args[:-1]},"item":{item}}}'
             else:
                 args = enc(_span_args(span))
             add(
-                f'{{"ph":"X","cat":"item","name":{nj[:-1]}[{item}]","pid":{PID},"tid":{tid},'
-                f'"ts":{ts},"dur":{dur},"args":{args}}}'
+                f'{{"ph":"X","cat":"item","name":{prefix}[{item}]","pid":{PID},'
+                f'"tid":{next_tid + lane},"ts":{ts},"dur":{te - ts},"args":{args}}}'
             )
-        for r in span.retries:
-            rargs: dict[str, Any] = {"node": node, "attempt": r.attempt}
-            if span.item is not None:
-                rargs["item"] = span.item
-            if isinstance(r.wait, int | float):
-                rargs["wait_s"] = round(r.wait, 3)
-            if r.error is not None:
-                rargs["error"] = r.error
-            where = node if span.item is None else f"{node}[{span.item}]"
-            add(enc({"ph": "i", "s": "t", "cat": "retry", "name": f"retry {where}", "pid": PID,
-                     "tid": tid, "ts": _us(r.t, t0), "args": rargs}))  # fmt: skip
+            if span.retries:
+                _retry_lines(add, span.retries, node, item, next_tid + lane, t0)
+        next_tid += n_lanes
 
     # Nodes that did not run here get instant events in lanes of their own.
     for marks, lane_name, cat in (
@@ -233,13 +223,15 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
         next_tid += 1
         lane_meta(tid, lane_name, tid)
         for sk in marks:
-            margs = {"status": "skipped" if cat == "skip" else "resumed"}
-            if sk.reason and cat == "skip":
-                margs["reason"] = short_error(sk.reason, 200)  # type: ignore[assignment]
+            margs: dict[str, Any] = {"status": SKIPPED}
+            if cat == "resumed":  # completed by an earlier run
+                margs = {"status": SUCCESS, "resumed": True}
+            elif sk.reason:
+                margs["reason"] = short_error(sk.reason, 200)
             add(enc({"ph": "i", "s": "t", "cat": cat, "name": sk.node, "pid": PID, "tid": tid,
                      "ts": _us(sk.t, t0), "args": margs}))  # fmt: skip
 
-    for ts, level in _in_flight_counter(leaves):
+    for ts, level in _in_flight_counter(keys):
         add(f'{{"ph":"C","name":"in_flight","pid":{PID},"ts":{ts},"args":{{"in_flight":{level}}}}}')
 
     other = {k: v for k, v in meta.items() if k not in ("nodes",)}
@@ -249,50 +241,70 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
     return f'{{"displayTimeUnit":"ms","otherData":{enc(other)},"traceEvents":[\n{body}\n]}}\n'
 
 
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # needs no JSON escaping (the usual node id)
+def _retry_lines(
+    add: Callable[[str], None],
+    retries: tuple[Retry, ...],
+    node: str,
+    item: int | None,
+    tid: int,
+    t0: float,
+) -> None:
+    where = node if item is None else f"{node}[{item}]"
+    for r in retries:
+        rargs: dict[str, Any] = {"node": node, "attempt": r.attempt}
+        if item is not None:
+            rargs["item"] = item
+        if isinstance(r.wait, int | float):
+            rargs["wait_s"] = round(r.wait, 3)
+        if r.error is not None:
+            rargs["error"] = r.error
+        add(_ENCODER.encode({"ph": "i", "s": "t", "cat": "retry", "name": f"retry {where}",
+                             "pid": PID, "tid": tid, "ts": _us(r.t, t0), "args": rargs}))  # fmt: skip
+
+
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+_NODE_HEAD = '{"ph":"X","cat":"node","name":'
 
 
-def _in_flight_counter(leaves: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(ts, level) samples of how many leaf executions run at once, from leaf (start, end) µs.
-    Only changes are kept; long runs are downsampled to at most COUNTER_MAX_SAMPLES."""
-    if not leaves:
+def _in_flight_counter(keys: list[int]) -> list[tuple[int, int]]:
+    """(ts, level) samples of how many leaf executions run at once, from the leaves' start keys
+    (2·µs + 1) and end keys (2·µs). Sorted, an end sorts before a start at the same µs, so
+    back-to-back leaves do not count as overlap, and the last level of a µs is its highest.
+    One sample per µs (the level it ends on), only changes kept; long runs are downsampled to
+    at most COUNTER_MAX_SAMPLES."""
+    if not keys:
         return []
-    # (t, -1) sorts before (t, +1): an end and a start at the same µs do not count as overlap.
-    deltas = sorted([(s, 1) for s, _ in leaves] + [(e, -1) for _, e in leaves])
-    levels = accumulate(d for _, d in deltas)
-    points = list(dict(zip([t for t, _ in deltas], levels, strict=True)).items())  # last per µs
-    if len(points) > COUNTER_MAX_SAMPLES:
-        points = _downsample(points, COUNTER_MAX_SAMPLES // 2)
+    keys.sort()
+    levels = list(accumulate([(k & 1) * 2 - 1 for k in keys]))
+    if len(keys) > COUNTER_MAX_SAMPLES:
+        points = _downsample(keys, levels, COUNTER_MAX_SAMPLES // 2 - 1)
+    else:
+        points = list(dict(zip([k >> 1 for k in keys], levels, strict=True)).items())
     samples: list[tuple[int, int]] = []
     last = None
-    for ts, lv in points:
-        if lv != last:
-            samples.append((ts, lv))
-            last = lv
+    for point in points:
+        if point[1] != last:
+            samples.append(point)
+            last = point[1]
     return samples
 
 
-def _downsample(points: list[tuple[int, int]], buckets: int) -> list[tuple[int, int]]:
+def _downsample(keys: list[int], levels: list[int], buckets: int) -> list[tuple[int, int]]:
     """At most two samples per time bucket: the bucket's peak, then the level it ends on — a
-    10,000-node chain toggling 0/1 every few µs becomes a readable track, and peaks survive."""
-    origin = points[0][0]
-    width = max((points[-1][0] - origin) / buckets, 1.0)
+    10,000-node chain toggling 0/1 every few µs becomes a readable track, and peaks survive.
+    A bucket never splits a µs, and is found by bisection and read with slices: the loop runs
+    once per bucket, not once per point."""
+    origin = keys[0] >> 1
+    width = max(((keys[-1] >> 1) - origin) / buckets, 1.0)
     out: list[tuple[int, int]] = []
-    cur = None
-    first_ts = peak = last_ts = last_lv = 0
-    for ts, lv in points:
-        b = (ts - origin) // width
-        if b != cur:
-            if cur is not None:
-                out.append((first_ts, peak))
-                if last_lv != peak:
-                    out.append((last_ts, last_lv))
-            cur, first_ts, peak = b, ts, lv
-        elif lv > peak:
-            peak = lv
-        last_ts, last_lv = ts, lv
-    out.append((first_ts, peak))
-    if last_lv != peak:
-        out.append((last_ts, last_lv))
+    i, n = 0, len(keys)
+    while i < n:
+        b = ((keys[i] >> 1) - origin) // width
+        # keys of the µs before the bucket's (exclusive, fractional) upper bound
+        j = bisect_left(keys, 2 * math.ceil(origin + (b + 1) * width), i + 1)
+        peak = max(levels[i:j])
+        out.append((keys[i] >> 1, peak))
+        if levels[j - 1] != peak:
+            out.append((keys[j - 1] >> 1, levels[j - 1]))
+        i = j
     return out

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any
 
-from fanflow.engine import events as ev
+from fanflow import events as ev
 from fanflow.store.runs import (
     MAX_INLINE_BYTES,
     RunStore,
@@ -86,7 +86,7 @@ class CheckpointWriter:
         workflow_path: str | os.PathLike[str] | None = None,
         inputs: dict[str, Any] | None = None,
         run_id: str | None = None,
-        resume: Any = None,  # fanflow.engine.state.ResumeState
+        resume: Any = None,  # fanflow.execute.resume_state.ResumeState
         flush_interval: float = FLUSH_INTERVAL,
         flush_events: int = FLUSH_EVENTS,
     ):

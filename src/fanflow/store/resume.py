@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from fanflow.engine.state import CompletedNode, ResumeState
 from fanflow.errors import Problem, WorkflowInvalid
+from fanflow.execute.resume_state import CompletedNode, ResumeState
 from fanflow.store.runs import (
     NodeState,
     RunRecord,
@@ -48,7 +48,7 @@ def node_hashes(workflow: Any) -> dict[str, str]:
     nodes: dict[str, str] = {}
     for node_id in graph.ids:
         spec = graph.specs[node_id]
-        body = spec.model_dump(mode="json", by_alias=True, exclude=_COSMETIC)
+        body = spec.to_dict(exclude=_COSMETIC)
         body["__in__"] = sorted([e.src, e.action] for e in graph.in_edges[node_id])
         nodes[node_id] = _digest(body)
     return nodes
@@ -59,10 +59,11 @@ def _stored_node_hashes(store: RunStore, run: RunRecord) -> dict[str, str] | Non
     doc = store.workflow_doc(run.workflow_hash)
     if doc is None:
         return None
-    from fanflow.ir.load import load_workflow
+    from fanflow.compile.compiled import compile_workflow
+    from fanflow.ir.load import parse_source
 
     try:
-        return node_hashes(load_workflow(json.loads(doc)))
+        return node_hashes(compile_workflow(parse_source(json.loads(doc))))
     except Exception:  # a snapshot an older fanflow wrote and this one no longer accepts
         return None
 

@@ -220,9 +220,9 @@ def workflow_document(
         except (OSError, UnicodeDecodeError):
             text = None
     if text is None:
-        if workflow is None or not hasattr(workflow, "model_dump_json"):
+        if workflow is None or not hasattr(workflow, "to_json"):
             return None, None
-        text = workflow.model_dump_json(by_alias=True, exclude_defaults=True)
+        text = workflow.to_json()
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], text
 
 

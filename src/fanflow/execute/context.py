@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fanflow.engine.events import EventBus
+from fanflow.events import EventBus
 
 
 @dataclass

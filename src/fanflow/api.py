@@ -1,0 +1,333 @@
+"""The Python API, which is the whole product: `fanflow.run` does everything `fanflow run` does
+(run store and resume, trace, timeline, progress, summary); the CLI only parses arguments and
+prints. One run: load → compile → type the inputs → schedule → resolve the declared outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from fanflow import events as ev
+from fanflow import templates
+from fanflow.compile.compiled import CompiledWorkflow, compile_workflow
+from fanflow.engine.inputs import resolve_inputs
+from fanflow.errors import Problem, WorkflowInvalid
+from fanflow.events import EventBus, Listener
+from fanflow.execute.budget import Budget
+from fanflow.execute.context import RunContext
+from fanflow.execute.resume_state import ResumeState
+from fanflow.execute.state import NodeResult, RunState
+from fanflow.ir.model import Workflow
+from fanflow.schedule.driver import Driver
+from fanflow.status import CANCELLED, FAILED, SUCCESS, Status
+
+if TYPE_CHECKING:
+    from fanflow.store.runs import RunStore
+
+DEFAULT_MAX_CONCURRENT = 256
+
+WorkflowSource = CompiledWorkflow | Workflow | str | Path | dict[str, Any]
+
+
+@dataclass(repr=False)
+class RunResult:
+    run_id: str
+    status: Status  # success | failed | cancelled
+    outputs: dict[str, Any]
+    duration_ms: float
+    nodes: dict[str, NodeResult]
+    store: dict[str, dict[str, Any]] = field(repr=False, default_factory=dict)
+    error: str | None = None
+    failed_node: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    summary: dict[str, Any] | None = None  # with summary=True (the CLI's end-of-run table)
+    summary_text: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+    def __repr__(self) -> str:  # short: asyncio reprs the finished task, result and all
+        return f"<RunResult {self.run_id} {self.status} ({len(self.nodes)} nodes)>"
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--output-format json` object (DESIGN.md)."""
+        return {
+            "status": self.status,
+            "outputs": self.outputs,
+            "duration_ms": round(self.duration_ms, 3),
+            "nodes": {
+                k: {"status": v.status, "duration_ms": round(v.duration_ms, 3)}
+                | ({"action": v.action} if v.action not in (None, "default") else {})
+                | ({"error": v.error} if v.error else {})
+                | ({"attempts": v.attempts} if v.attempts > 1 else {})
+                for k, v in self.nodes.items()
+            },
+            "error": self.error,
+            "failed_node": self.failed_node,
+            "run_id": self.run_id,
+            "warnings": self.warnings,
+        } | ({"summary": self.summary} if self.summary is not None else {})
+
+
+def compile_source(source: WorkflowSource) -> CompiledWorkflow:
+    """Whatever the caller holds, compiled. A loaded `Workflow` is compiled afresh each time, so
+    edits made to it since it was loaded are what runs."""
+    return source if isinstance(source, CompiledWorkflow) else compile_workflow(source)
+
+
+def run(
+    workflow: WorkflowSource,
+    inputs: dict[str, Any] | None = None,
+    *,
+    max_concurrent: int | None = None,
+    limits: Sequence[str] = (),
+    listeners: Sequence[Listener] = (),
+    store: str | Path | RunStore | None = None,
+    checkpoint: bool = True,
+    resume: str | ResumeState | None = None,
+    trace: str | Path | None = None,
+    timeline: str | Path | None = None,
+    progress: TextIO | None = None,
+    summary: bool = False,
+    run_id: str | None = None,
+    inputs_from_text: bool = False,
+    handle_signals: bool = False,
+) -> RunResult:
+    """Run a workflow to completion (blocking). See `run_async` for the options."""
+    return asyncio.run(
+        run_async(
+            workflow, inputs, max_concurrent=max_concurrent, limits=limits, listeners=listeners,
+            store=store, checkpoint=checkpoint, resume=resume, trace=trace, timeline=timeline, progress=progress,
+            summary=summary, run_id=run_id, inputs_from_text=inputs_from_text,
+            handle_signals=handle_signals,
+        )
+    )  # fmt: skip
+
+
+async def run_async(
+    workflow: WorkflowSource,
+    inputs: dict[str, Any] | None = None,
+    *,
+    max_concurrent: int | None = None,
+    limits: Sequence[str] = (),
+    listeners: Sequence[Listener] = (),
+    store: str | Path | RunStore | None = None,
+    checkpoint: bool = True,
+    resume: str | ResumeState | None = None,
+    trace: str | Path | None = None,
+    timeline: str | Path | None = None,
+    progress: TextIO | None = None,
+    summary: bool = False,
+    run_id: str | None = None,
+    inputs_from_text: bool = False,
+    handle_signals: bool = False,
+) -> RunResult:
+    """Run a workflow on the running event loop.
+
+    - `workflow`: a path, a dict, a loaded `Workflow` or a `CompiledWorkflow` (reused as is).
+    - `inputs`: values by input name; with `inputs_from_text` they are text to type by their
+      declaration (the CLI's name=value words).
+    - `max_concurrent`: the global budget of leaf executions (default: the workflow's, else 256).
+    - `limits`: overrides such as "llm:openai=10/600rpm", merged field by field over the
+      workflow's `limits` and the FANFLOW_LIMITS environment variable.
+    - `store`: a run store (a runs.db path, its folder, or a RunStore) to checkpoint into
+      (`checkpoint=False`: only read it, to resume); `resume`: a stored run id, a unique prefix or "last" (needs `store`), or a ResumeState.
+      With `resume` and no `inputs`, the stored run's inputs are reused.
+    - `trace` / `timeline`: write a Chrome trace / an HTML timeline of the run.
+    - `progress`: a stream for progress lines (a TTY gets a live display);
+      `summary`: fill `RunResult.summary` (per-node times, critical path).
+    - `handle_signals`: SIGINT cancels the run (status cancelled, exit code 130 in the CLI).
+
+    Raises WorkflowInvalid (exit code 2) before any node runs when the workflow, the inputs or
+    the environment are invalid; otherwise returns a RunResult. An exception that is not a node
+    failure (a bug, a listener that raises) cancels the run and is raised.
+    """
+    compiled = compile_source(workflow)
+    run_store = _open_store(store) if store is not None else None
+    state: ResumeState | None = None
+    resume_note: str | None = None
+    raw = dict(inputs or {})
+    if isinstance(resume, str):
+        if run_store is None:
+            raise WorkflowInvalid([Problem("resume needs a run store", field="store",
+                                           hint="pass store= (the CLI's --store)")])  # fmt: skip
+        if inputs is None:  # resuming alone continues with the stored run's inputs
+            raw, inputs_from_text = _stored_inputs(run_store, resume, compiled), False
+    values = resolve_inputs(compiled.workflow, raw, from_text=inputs_from_text)
+    if isinstance(resume, str):
+        from fanflow.store.resume import describe_plan, plan_resume
+
+        plan = plan_resume(run_store, resume, compiled, values)  # type: ignore[arg-type]
+        state, resume_note = plan.state, describe_plan(plan)
+    elif resume is not None:
+        state = resume
+    preflight(compiled)
+
+    all_listeners: list[Listener] = []
+    if progress is not None:
+        from fanflow.observe.progress import make_progress
+
+        all_listeners.append(make_progress(stream=progress))
+        if resume_note:
+            print(resume_note, file=progress, flush=True)
+    tracer = collector = None
+    if trace is not None or timeline is not None:
+        from fanflow.observe.trace import TraceWriter
+
+        tracer = TraceWriter(Path(trace) if trace is not None else None)
+        all_listeners.append(tracer)
+    if summary:
+        from fanflow.observe.summary import SummaryCollector
+
+        # With a trace, the summary reads the trace's recording instead of recording again.
+        collector = SummaryCollector(tracer.recorder if tracer else None)
+        if tracer is None:
+            all_listeners.append(collector)
+    run_id = run_id or (state.run_id if state else None) or _new_run_id()
+    if run_store is not None and checkpoint:
+        from fanflow.store.checkpoint import CheckpointWriter
+
+        all_listeners.append(CheckpointWriter(run_store, workflow=compiled,
+                                              workflow_path=compiled.source, inputs=values,
+                                              resume=state, run_id=run_id))  # fmt: skip
+    all_listeners += listeners
+
+    result = await _execute(compiled, values, all_listeners, state, run_id, max_concurrent,
+                            limits, handle_signals)  # fmt: skip
+    if timeline is not None and tracer is not None:
+        from fanflow.observe.timeline import write_timeline
+
+        try:
+            write_timeline(tracer.to_dict(), timeline)
+        except OSError as exc:  # the run's result stands; say why the picture is missing
+            result.warnings.append(f"cannot write timeline {timeline}: {exc.strerror or exc}")
+    if collector is not None:
+        from fanflow.observe.summary import format_summary
+
+        result.summary = collector.summary()
+        result.summary_text = format_summary(result.summary)
+    return result
+
+
+async def _execute(
+    compiled: CompiledWorkflow,
+    values: dict[str, Any],
+    listeners: list[Listener],
+    resume: ResumeState | None,
+    run_id: str,
+    max_concurrent: int | None,
+    limit_specs: Sequence[str],
+    handle_signals: bool,
+) -> RunResult:
+    wf = compiled.workflow
+    budget = max_concurrent or wf.max_concurrent or DEFAULT_MAX_CONCURRENT
+    loop = asyncio.get_running_loop()
+    bus = EventBus(listeners)
+    pool = ThreadPoolExecutor(max_workers=budget, thread_name_prefix="fanflow")
+    ctx = RunContext(run_id=run_id, bus=bus, pool=pool, loop=loop)
+    try:
+        if wf.limits or limit_specs or os.environ.get("FANFLOW_LIMITS"):
+            from fanflow.io.limits import LimitRegistry, merge_limits
+
+            sections = {k: v.to_dict(exclude_none=True) for k, v in wf.limits.items()}
+            ctx.limits = LimitRegistry(merge_limits(sections, limit_specs, os.environ)) or None
+        rs = RunState(compiled, values, ctx, Budget(budget), resume)
+        driver = Driver(rs)
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGINT, driver.interrupt)
+        started = time.perf_counter()
+        graph = compiled.graph
+        if bus.listeners:
+            bus.emit(
+                ev.RUN_STARTED, run_id=run_id, workflow=compiled.label, inputs=values,
+                nodes=graph.ids, wall_start=time.time(), max_concurrent=budget,
+                deps={i: sorted(graph.deps[i]) for i in graph.ids},
+                batch_nodes=[n for n, p in compiled.nodes.items() if p.batch is not None],
+            )  # fmt: skip
+        try:
+            await driver.run()
+        finally:
+            if handle_signals:
+                loop.remove_signal_handler(signal.SIGINT)
+            await ctx.aclose()
+            pool.shutdown(wait=False, cancel_futures=True)
+        result = _result(rs, driver, run_id, time.perf_counter() - started)
+        bus.emit(ev.RUN_FINISHED, status=result.status, outputs=result.outputs, error=result.error,
+                 failed_node=result.failed_node, duration_ms=result.duration_ms)  # fmt: skip
+    finally:
+        bus.close()  # listeners flush (checkpoints, trace) even if the run itself raised
+    return result
+
+
+def preflight(compiled: CompiledWorkflow) -> None:
+    """Checks that need the environment (API keys), done before anything runs."""
+    problems = []
+    seen = set()
+    for i, (node_id, plan) in enumerate(compiled.nodes.items()):
+        check = getattr(plan.cls, "preflight", None)
+        message = check(compiled.workflow.nodes[i].params) if check is not None else None
+        if message and message not in seen:
+            seen.add(message)
+            problems.append(Problem(message, compiled.source, f"nodes[{i}]", node_id))
+    if problems:
+        raise WorkflowInvalid(problems)
+
+
+def _result(rs: RunState, driver: Driver, run_id: str, duration: float) -> RunResult:
+    warnings = list(rs.compiled.warnings)
+    outputs: dict[str, Any] = {}
+    for name, source in rs.compiled.outputs.items():
+        try:
+            outputs[name] = templates.render(source, rs.lookup)
+        except templates.MissingValue as exc:
+            outputs[name] = None
+            if not driver.failures and not driver.interrupted:
+                warnings.append(f"output '{name}' has no value: {exc}")
+    nodes = rs.records  # the records the run kept are its per-node results
+    error = failed_node = None
+    if driver.interrupted:
+        status, error = CANCELLED, "interrupted"
+    elif driver.failures:
+        first = driver.failures[0]
+        status, failed_node = FAILED, first.node_id
+        error = f"node '{first.node_id}' failed: {first}"
+        if len(driver.failures) > 1:
+            error += f" (and {len(driver.failures) - 1} more failed node(s))"
+    else:
+        status = SUCCESS
+    return RunResult(run_id, status, outputs, duration * 1000, nodes, rs.store, error,
+                     failed_node, warnings)  # fmt: skip
+
+
+def _open_store(store: str | Path | RunStore) -> RunStore:
+    from fanflow.store.runs import RunStore
+
+    return store if isinstance(store, RunStore) else RunStore(Path(store))
+
+
+def default_store() -> RunStore:
+    """The run store the CLI uses by default: .fanflow/ (or $FANFLOW_HOME)."""
+    from fanflow.store.runs import RunStore
+
+    return RunStore(None)
+
+
+def _stored_inputs(store: RunStore, ref: str, compiled: CompiledWorkflow) -> dict[str, Any]:
+    from fanflow.store.runs import workflow_name
+
+    name = workflow_name(compiled.source, compiled.workflow) if ref.strip() == "last" else None
+    return dict(store.get_run(ref, workflow=name).inputs or {})
+
+
+def _new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]

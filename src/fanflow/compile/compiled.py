@@ -1,0 +1,146 @@
+"""Compile a validated workflow into an immutable `CompiledWorkflow`: everything a run needs
+that does not depend on the inputs, worked out once.
+
+Compiling is a pure step: it reads the loaded workflow and writes nothing back into it, so
+editing a workflow and compiling it again always runs the new version. A run never looks at the
+loaded document again, only at this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fanflow import templates
+from fanflow.compile.graph import Graph
+from fanflow.compile.topology import Topology
+from fanflow.execute.retry import NO_RETRY, RetryPolicy
+from fanflow.ir.model import BatchSpec, Workflow
+from fanflow.nodes import registry
+from fanflow.nodes.base import AsyncNode, Node, Scope, is_async_node
+
+Render = Callable[[Any, Scope], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """One node, ready to execute: its class, its parsed params and how to render them."""
+
+    id: str
+    type: str
+    cls: Any  # a fanflow Node/AsyncNode subclass, or a pocketflow one run unmodified
+    is_async: bool
+    own_prep: bool  # the class overrides prep_async (else the params are the prep result)
+    own_post: bool  # the class overrides post_async (else a dict result becomes the outputs)
+    params: Any  # compiled params: strings holding ${...} are parsed templates
+    static: bool  # no template anywhere in params: rendering is a copy
+    render: Render  # the class's render_params hook
+    joins_on_first: bool  # starts when one upstream succeeds (a race), not all
+    resource_keys: Callable[..., list[str]] | None  # the class's resource_keys hook
+    policy: RetryPolicy  # attempts of one execution (a node run or one batch item)
+    batch: BatchSpec | None
+    batch_items: Any  # compiled batch.items
+    handles_error: bool  # an `error` edge leaves this node: a failure takes that edge
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledWorkflow:
+    workflow: Workflow  # the document as loaded; read, never written
+    graph: Graph
+    nodes: dict[str, NodePlan]
+    topology: Topology  # the component DAG as the scheduler's readiness state reads it
+    outputs: dict[str, Any]  # declared output name → compiled source template
+    warnings: tuple[str, ...]
+
+    @property
+    def source(self) -> str | None:
+        return self.workflow.source
+
+    @property
+    def name(self) -> str | None:
+        return self.workflow.name
+
+    @property
+    def label(self) -> str:
+        """How events and the run store name the workflow: its file, else its name."""
+        return self.workflow.source or self.workflow.name or "<dict>"
+
+
+def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> CompiledWorkflow:
+    """Validate (raises WorkflowInvalid with every problem) and compile. Given a path or a dict,
+    load it first."""
+    from fanflow.ir.validate import check_workflow
+
+    if not isinstance(workflow, Workflow):
+        from fanflow.ir.load import parse_source
+
+        workflow = parse_source(workflow)
+
+    graph, warnings = check_workflow(workflow)
+    plans = {}
+    for spec in workflow.nodes:
+        cls = registry.get_node_class(spec.type)
+        params = graph.params[spec.id]
+        render = getattr(cls, "render_params", None) or _default_render
+        own_render = getattr(render, "__func__", None) is not _NODE_RENDER
+        joins = getattr(cls, "joins_on_first", None)
+        plans[spec.id] = NodePlan(
+            id=spec.id,
+            type=spec.type,
+            cls=cls,
+            is_async=is_async_node(cls),
+            own_prep=_overrides(cls, "prep_async"),
+            own_post=_overrides(cls, "post_async"),
+            params=params,
+            static=spec.id in graph.static_params and not own_render,
+            render=render,
+            joins_on_first=bool(joins(spec.params)) if joins is not None else False,
+            resource_keys=getattr(cls, "resource_keys", None),
+            policy=_policy(spec, cls),
+            batch=spec.batch,
+            batch_items=graph.batch_items.get(spec.id),
+            handles_error=any(e.action == "error" for e in graph.out_edges[spec.id]),
+        )
+    join_first = [not c.is_loop and plans[c.entry].joins_on_first for c in graph.components]
+    outputs = {name: templates.compile_value(o.source) for name, o in workflow.outputs.items()}
+    topology = Topology.of(graph, join_first)
+    return CompiledWorkflow(workflow, graph, plans, topology, outputs, tuple(warnings))
+
+
+_NODE_RENDER = Node.render_params.__func__  # type: ignore[attr-defined]
+
+
+def _default_render(compiled: Any, scope: Scope) -> dict[str, Any]:
+    return _NODE_RENDER(Node, compiled, scope)  # type: ignore[no-any-return]
+
+
+def _overrides(cls: Any, name: str) -> bool:
+    """Whether an async node class replaces fanflow's default `name` (foreign classes always
+    count as overriding: their lifecycle is run exactly as written)."""
+    return getattr(cls, name, None) is not getattr(AsyncNode, name)
+
+
+def _policy(spec: Any, cls: Any) -> RetryPolicy:
+    """The batch's `max_retries` (per item) wins; else the IR's `retry`; else the node type's
+    default (llm/http retry transient failures); else PocketFlow's max_retries/wait."""
+    if spec.batch is not None and _retries_given(spec.batch):
+        return RetryPolicy(attempts=spec.batch.max_retries, wait=spec.batch.retry_wait)
+    if spec.retry is not None:
+        r = spec.retry
+        return RetryPolicy(r.max_attempts, r.wait, r.backoff, r.max_wait)
+    default = getattr(cls, "default_attempts", None)
+    if default is not None:
+        if default > 1:
+            return RetryPolicy(default, 1.0, "exponential", 30.0, transient_only=True)
+        return NO_RETRY
+    probe = cls()  # a foreign (PocketFlow) node: honour its own settings
+    attempts = int(getattr(probe, "max_retries", 1) or 1)
+    if attempts > 1:
+        return RetryPolicy(attempts, float(getattr(probe, "wait", 0) or 0))
+    return NO_RETRY
+
+
+def _retries_given(batch: BatchSpec) -> bool:
+    return "max_retries" in batch.fields_set
