@@ -8,7 +8,6 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -18,6 +17,7 @@ import fanflow
 from fanflow.errors import NodeError
 from fanflow.events import EventBus
 from fanflow.execute.context import RunContext
+from fanflow.execute.threads import ThreadExecutor
 from fanflow.io.limits import LimitRegistry
 from fanflow.io.providers import parse_retry_after, redact, resolve_model
 from fanflow.nodes.http import HttpNode
@@ -43,14 +43,9 @@ def mock(server, monkeypatch):
 
 @contextlib.asynccontextmanager
 async def run_context(limits: LimitRegistry | None = None) -> AsyncIterator[RunContext]:
-    pool = ThreadPoolExecutor(max_workers=4)
-    ctx = RunContext(
-        run_id="test",
-        bus=EventBus(),
-        pool=pool,
-        loop=asyncio.get_running_loop(),
-        limits=limits,
-    )
+    loop = asyncio.get_running_loop()
+    pool = ThreadExecutor(loop, 4)
+    ctx = RunContext(run_id="test", bus=EventBus(), threads=pool, loop=loop, limits=limits)
     try:
         yield ctx
     finally:

@@ -11,7 +11,6 @@ import signal
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -26,6 +25,7 @@ from fanflow.execute.budget import Budget
 from fanflow.execute.context import RunContext
 from fanflow.execute.resume_state import ResumeState
 from fanflow.execute.state import NodeResult, RunState
+from fanflow.execute.threads import ThreadExecutor
 from fanflow.ir.model import Workflow
 from fanflow.schedule.driver import Driver
 from fanflow.status import CANCELLED, FAILED, SUCCESS, Status
@@ -233,8 +233,8 @@ async def _execute(
     budget = max_concurrent or wf.max_concurrent or DEFAULT_MAX_CONCURRENT
     loop = asyncio.get_running_loop()
     bus = EventBus(listeners)
-    pool = ThreadPoolExecutor(max_workers=budget, thread_name_prefix="fanflow")
-    ctx = RunContext(run_id=run_id, bus=bus, pool=pool, loop=loop)
+    threads = ThreadExecutor(loop, budget)
+    ctx = RunContext(run_id=run_id, bus=bus, threads=threads, loop=loop)
     try:
         if wf.limits or limit_specs or os.environ.get("FANFLOW_LIMITS"):
             from fanflow.io.limits import LimitRegistry, merge_limits
@@ -260,7 +260,7 @@ async def _execute(
             if handle_signals:
                 loop.remove_signal_handler(signal.SIGINT)
             await ctx.aclose()
-            pool.shutdown(wait=False, cancel_futures=True)
+            threads.shutdown()
         result = _result(rs, driver, run_id, time.perf_counter() - started)
         bus.emit(ev.RUN_FINISHED, status=result.status, outputs=result.outputs, error=result.error,
                  failed_node=result.failed_node, duration_ms=result.duration_ms)  # fmt: skip

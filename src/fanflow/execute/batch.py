@@ -44,49 +44,50 @@ async def run_batch(rs: RunState, plan: NodePlan, items: list[Any]) -> dict[str,
     pending = iter([i for i in range(n) if i not in done] if done else range(n))
     stopped = False
 
-    async def one(i: int) -> None:
-        nonlocal stopped
-        item = items[i]
-        t0 = 0.0
-
-        def on_start() -> None:
-            nonlocal t0
-            if t0 == 0.0:
-                t0 = time.perf_counter()
-                if emit is not None:
-                    emit(ITEM_STARTED, plan.id, i)
-
-        try:
-            params = plan.render(plan.params, rs.scope({alias: item, "__index__": i}))
-            outputs, _action, attempts = await run_leaf(rs, plan, params, i, on_start)
-        except asyncio.CancelledError:
-            if emit is not None and t0:
-                emit(ITEM_FINISHED, plan.id, i, status=CANCELLED, result=None,
-                     error="cancelled", attempts=0, item=item)  # fmt: skip
-            raise
-        except Exception as exc:
-            on_start()  # a template that cannot render fails the item before it starts
-            durations.append(time.perf_counter() - t0)
-            message = _message(exc)
-            errors.append({"index": i, "item": item, "error": message})
-            if emit is not None:
-                emit(ITEM_FINISHED, plan.id, i, status=FAILED, result=None, error=message,
-                     attempts=getattr(exc, "attempts", 1), item=item)  # fmt: skip
-            if fail_fast:
-                stopped = True
-                raise _StopBatch(f"item [{i}]: {message}") from exc
-            return
-        durations.append(time.perf_counter() - t0)
-        results[i] = outputs
-        if emit is not None:
-            emit(ITEM_FINISHED, plan.id, i, status=SUCCESS, result=outputs, error=None,
-                 attempts=attempts, item=item)  # fmt: skip
-
     async def worker() -> None:
+        nonlocal stopped
+        static, render, compiled = plan.static, plan.render, plan.params
         for i in pending:
             if stopped:
                 return
-            await one(i)
+            item = items[i]
+            t0 = 0.0
+
+            def on_start(i: int = i) -> None:
+                nonlocal t0
+                if t0 == 0.0:
+                    t0 = time.perf_counter()
+                    if emit is not None:
+                        emit(ITEM_STARTED, plan.id, i)
+
+            try:
+                if static:
+                    params = dict(compiled)
+                else:
+                    params = render(compiled, rs.scope({alias: item, "__index__": i}))
+                outputs, _action, attempts = await run_leaf(rs, plan, params, i, on_start)
+            except asyncio.CancelledError:
+                if emit is not None and t0:
+                    emit(ITEM_FINISHED, plan.id, i, status=CANCELLED, result=None,
+                         error="cancelled", attempts=0, item=item)  # fmt: skip
+                raise
+            except Exception as exc:
+                on_start()  # a template that cannot render fails the item before it starts
+                durations.append(time.perf_counter() - t0)
+                message = _message(exc)
+                errors.append({"index": i, "item": item, "error": message})
+                if emit is not None:
+                    emit(ITEM_FINISHED, plan.id, i, status=FAILED, result=None, error=message,
+                         attempts=getattr(exc, "attempts", 1), item=item)  # fmt: skip
+                if fail_fast:
+                    stopped = True
+                    raise _StopBatch(f"item [{i}]: {message}") from exc
+                continue
+            durations.append(time.perf_counter() - t0)
+            results[i] = outputs
+            if emit is not None:
+                emit(ITEM_FINISHED, plan.id, i, status=SUCCESS, result=outputs, error=None,
+                     attempts=attempts, item=item)  # fmt: skip
 
     started = time.perf_counter()
     workers = min(spec.max_concurrent if spec.parallel else 1, max(n - len(done), 1))

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from fanflow.events import EventBus
+from fanflow.execute.threads import ThreadExecutor
 
 
 @dataclass
 class RunContext:
     run_id: str
     bus: EventBus
-    pool: ThreadPoolExecutor  # sized to the global budget: sync nodes never queue behind 6 workers
+    threads: ThreadExecutor  # runs sync node lifecycles; grows to the budget when they block
     loop: asyncio.AbstractEventLoop
     # One limiter per resource ("llm:openai", "http:example.com", "node:shell"), shared by every
     # batch item and branch of the run. Built from the workflow's `limits` and CLI overrides.

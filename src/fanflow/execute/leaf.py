@@ -42,8 +42,11 @@ async def run_leaf(
         shared = NodeShared(own, rs.inputs, rs.store)
         try:
             if keys:  # resource limits first, then the slot: no slot is held while waiting
-                async with limits.acquire(*keys):
+                lease = await _wait_for_limits(rs, limits, keys)
+                try:
                     action = await _in_slot(rs, plan, node, shared, fallback, on_start)
+                finally:
+                    await lease.__aexit__(None, None, None)
             else:
                 action = await _in_slot(rs, plan, node, shared, fallback, on_start)
             return own, action or "default", attempt
@@ -64,6 +67,19 @@ async def run_leaf(
                 await asyncio.sleep(wait)
 
 
+async def _wait_for_limits(rs: RunState, limits: LimitRegistry, keys: list[str]) -> Any:
+    """Acquire the limits (an entered context manager is returned). While waiting, this leaf
+    counts as a limit waiter, so the scheduler lets unrelated work go ahead."""
+    lease = limits.acquire(*keys)
+    rs.limit_waiters += 1
+    rs.on_limit_wait()
+    try:
+        await lease.__aenter__()
+    finally:
+        rs.limit_waiters -= 1
+    return lease
+
+
 async def _in_slot(
     rs: RunState,
     plan: NodePlan,
@@ -79,7 +95,7 @@ async def _in_slot(
     try:
         on_start()
         if not plan.is_async:
-            return await rs.ctx.loop.run_in_executor(rs.ctx.pool, _sync, node, shared, fallback)
+            return await rs.ctx.threads.submit(_sync, node, shared, fallback)
         # The base class's prep returns the params and its post stores a dict result: when the
         # class keeps them, they are done here instead of awaited (two coroutines per leaf).
         prep = await node.prep_async(shared) if plan.own_prep else node.params

@@ -31,6 +31,10 @@ class NodeResult:
     handled: bool = False  # failed, and an `error` edge took the failure
 
 
+def _nothing() -> None:
+    pass
+
+
 _WHY = {
     "skipped": "was skipped (its branch was not taken)",
     "failed": "failed",
@@ -39,7 +43,10 @@ _WHY = {
 
 
 class RunState:
-    __slots__ = ("budget", "compiled", "ctx", "emit", "inputs", "records", "resume", "store")
+    __slots__ = (
+        "budget", "compiled", "ctx", "emit", "inputs", "limit_waiters", "on_limit_wait",
+        "records", "resume", "store",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -56,6 +63,10 @@ class RunState:
         self.resume = resume
         self.store: dict[str, dict[str, Any]] = {}
         self.records = {node_id: NodeResult() for node_id in compiled.graph.ids}
+        # Leaves waiting for a resource limit (they hold no budget slot), and whom to tell when
+        # one starts waiting: the scheduler lets other work go ahead meanwhile.
+        self.limit_waiters = 0
+        self.on_limit_wait: Callable[[], None] = _nothing
         bus = ctx.bus
         # None when nobody listens: the hot path then skips building events altogether.
         self.emit: Callable[..., None] | None = bus.emit if bus.listeners else None

@@ -85,6 +85,8 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
 
     # Parameters against the node type's declared interface, and template syntax.
     compiled_ok = True
+    parsed: dict[str, Any] = {}
+    parsed_items: dict[str, Any] = {}
     for i, node in enumerate(workflow.nodes):
         cls = classes.get(node.id)
         spec = getattr(cls, "params_spec", None) or {}
@@ -101,17 +103,17 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
                     add(Problem(f"missing required parameter '{key}'", file,
                                 f"nodes[{i}].params", node.id,
                                 f"add \"{key}\": … ({param.description or param.type})"))  # fmt: skip
-        for where, value in (
-            ("params", node.params),
-            ("batch.items", getattr(node.batch, "items", None)),
+        for where, value, into in (
+            ("params", node.params, parsed),
+            ("batch.items", getattr(node.batch, "items", None), parsed_items),
         ):
             try:
-                templates.compile_value(value)
+                into[node.id] = templates.compile_value(value)  # parsed once, kept for the graph
             except templates.TemplateSyntaxError as exc:
                 compiled_ok = False
                 add(Problem(str(exc), file, f"nodes[{i}].{where}", node.id))
         if node.batch and isinstance(node.batch.items, str):
-            compiled = templates.compile_value(node.batch.items) if compiled_ok else None
+            compiled = parsed_items.get(node.id)
             if compiled is not None and not isinstance(compiled, templates.Template):
                 add(Problem("batch items must be a list or a ${...} template", file,
                             f"nodes[{i}].batch.items", node.id,
@@ -126,7 +128,7 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
     if problems or not compiled_ok:
         raise WorkflowInvalid(map_pipeline_paths(problems, workflow._pipeline_paths))
 
-    graph = build_graph(workflow)
+    graph = build_graph(workflow, parsed, parsed_items)
 
     # Template references: a known input, node or batch variable, and an output the node makes.
     def check_ref(ref: templates.Ref, field: str, node_id: str | None, local: set[str]) -> None:

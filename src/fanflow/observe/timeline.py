@@ -25,14 +25,19 @@ AXIS_H = 28
 COUNTER_H = 70
 MAX_CONNECTOR_SPANS = 400  # above this, connectors are a hairball rather than a picture
 
-STATUS_COLORS = {
+STATUS_COLORS: dict[str, str] = {
     SUCCESS: "#3a9d5d",
     FAILED: "#d64545",
     CANCELLED: "#9a9a9a",
     RUNNING: "#e09b2d",  # started, never finished: the run ended first
     "incomplete": "#e09b2d",  # what traces written before the status vocabulary said
 }
-ITEM_COLORS = {SUCCESS: "#5fa8d3", FAILED: "#d64545", CANCELLED: "#b0b0b0", RUNNING: "#e09b2d"}
+ITEM_COLORS: dict[str, str] = {
+    SUCCESS: "#5fa8d3",
+    FAILED: "#d64545",
+    CANCELLED: "#b0b0b0",
+    RUNNING: "#e09b2d",
+}
 DEFAULT_COLOR = "#7f8c8d"
 
 

@@ -15,6 +15,7 @@ that raises) also cancels everything and is raised to the caller: nothing is lef
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Mapping
 
 from fanflow.compile.graph import Component
@@ -37,6 +38,10 @@ class Driver:
         self.failures: list[NodeFailed] = []
         self.interrupted = False
         self._running: dict[int, asyncio.Task[None]] = {}  # component → the task running it
+        self._queue: deque[int] = deque()  # ready components no worker has taken yet
+        self._workers = 0
+        self._max_workers = rs.budget.size  # more could only wait for a slot
+        rs.on_limit_wait = self._grow
         self._group: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -46,7 +51,7 @@ class Driver:
             try:
                 async with asyncio.TaskGroup() as group:
                     self._group = group
-                    self._spawn(self._apply(self.ready.initial()))
+                    self._apply(self.ready.initial())
             except BaseExceptionGroup as eg:
                 bugs = [e for e in eg.exceptions if not isinstance(e, NodeFailed)]
                 if bugs:
@@ -56,9 +61,10 @@ class Driver:
                 raise
             self._task.uncancel()  # type: ignore[union-attr]
         finally:
-            for record in self.rs.records.values():
-                if record.status in (PENDING, RUNNING) and (self.interrupted or self.failures):
-                    record.status = CANCELLED
+            if self.interrupted or self.failures:
+                for record in self.rs.records.values():
+                    if record.status in (PENDING, RUNNING):
+                        record.status = CANCELLED
 
     def interrupt(self) -> None:
         """SIGINT: cancel everything, the same way fail-fast does."""
@@ -66,33 +72,41 @@ class Driver:
             self.interrupted = True
             self._task.cancel()
 
-    async def _worker(self, k: int | None) -> None:
+    async def _worker(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        while k is not None:
-            self._running[k] = task
-            comp = self.comps[k]
-            try:
-                if comp.is_loop:
-                    actions = await self._run_loop(comp)
-                else:
-                    actions = {comp.entry: await run_node(self.rs, self.nodes[comp.entry])}
-            except asyncio.CancelledError:
-                if self.ready.lost[k]:
-                    return  # a race loser: readiness already resolved it
-                raise
-            except NodeFailed as failure:
-                self.failures.append(failure)
-                if self.fail_fast:
-                    raise
-                actions = None
-            finally:
-                del self._running[k]
-            k = self._apply(self.ready.finish(k, actions))
+        queue, lost = self._queue, self.ready.lost
+        try:
+            while queue:
+                k = queue.popleft()
+                if lost[k]:
+                    continue  # cancelled as a race loser before it started
+                self._running[k] = task
+                comp = self.comps[k]
+                try:
+                    if comp.is_loop:
+                        actions = await self._run_loop(comp)
+                    else:
+                        actions = {comp.entry: await run_node(self.rs, self.nodes[comp.entry])}
+                except asyncio.CancelledError:
+                    if not lost[k]:
+                        raise
+                    task.uncancel()  # a race loser: readiness already resolved it; go on
+                    continue
+                except NodeFailed as failure:
+                    self.failures.append(failure)
+                    if self.fail_fast:
+                        raise
+                    actions = None
+                finally:
+                    del self._running[k]
+                self._apply(self.ready.finish(k, actions))
+        finally:
+            self._workers -= 1
 
-    def _apply(self, step: Step) -> int | None:
-        """Mark what became skipped, cancel race losers, start what became ready; return one
-        ready component for the calling worker to run itself."""
+    def _apply(self, step: Step) -> None:
+        """Mark what became skipped, cancel race losers, queue what became ready, and start
+        workers for the queue (at most one per budget slot: more could only wait)."""
         records, emit = self.rs.records, self.rs.emit
         for k in step.skip:
             for node_id in self.comps[k].nodes:
@@ -106,16 +120,20 @@ class Driver:
             else:
                 for node_id in self.comps[k].nodes:
                     records[node_id].status = CANCELLED
-        if not step.start:
-            return None
-        for k in step.start[1:]:
-            self._spawn(k)
-        return step.start[0]
+        self._queue.extend(step.start)
+        self._grow()
 
-    def _spawn(self, k: int | None) -> None:
-        if k is not None:
+    def _grow(self) -> None:
+        """Start workers while ready components outnumber the workers free to take them. A
+        worker waiting for a resource limit holds no slot, so it does not count against the
+        cap: unrelated work never queues behind it."""
+        queue, rs = self._queue, self.rs
+        free = self._workers - len(self._running)  # workers that will take from the queue
+        while len(queue) > free and self._workers - rs.limit_waiters < self._max_workers:
             assert self._group is not None
-            self._group.create_task(self._worker(k))
+            self._workers += 1
+            free += 1
+            self._group.create_task(self._worker())
 
     async def _run_loop(self, comp: Component) -> Mapping[str, str]:
         graph, nodes = self.rs.compiled.graph, self.nodes
