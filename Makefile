@@ -19,8 +19,9 @@ demo: install  ## the main job: an offline demo workflow (fan-out, join, batch),
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
-test: install lint  ## the whole suite
+test: install lint  ## ruff, mypy on src/, then the whole suite
 	$(BIN)/python -m pytest
 
 bench: install  ## side-by-side benchmarks (minutes); writes bench/results.md

@@ -268,3 +268,27 @@ def test_scheduler_and_executor_name_no_node_type() -> None:
             "__action__",
         ):
             assert word not in text, f"{path.name} mentions {word}"
+
+
+def test_cli_reports_a_bug_in_a_custom_node_as_an_internal_error(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    (tmp_path / "nodes").mkdir()
+    (tmp_path / "nodes" / "buggy.py").write_text(
+        "from fanflow.nodes.base import Node\n"
+        "class Buggy(Node):\n"
+        "    type_name = 'buggy'\n"
+        "    @classmethod\n"
+        "    def joins_on_first(cls, params):\n"
+        "        raise ZeroDivisionError('oops')\n"
+    )
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(wf([{"id": "b", "type": "buggy"}])))
+    env = {"FANFLOW_NODE_PATH": str(tmp_path / "nodes")}
+    result = run_cli("run", str(path), "--output-format", "json", env=env)
+    assert result.code == 1
+    assert json.loads(result.stdout) == {
+        "status": "failed",
+        "error": "internal error: ZeroDivisionError: oops",
+    }
+    assert "internal error: ZeroDivisionError: oops" in result.stderr

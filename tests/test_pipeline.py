@@ -1,4 +1,4 @@
-"""The pipeline form normalises into nodes + edges (fanflow.ir.pipeline)."""
+"""The pipeline form normalises into nodes + edges (fanflow.load.pipeline)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from fanflow.errors import WorkflowInvalid
-from fanflow.ir.pipeline import (
+from fanflow.load.pipeline import (
     normalise_pipeline,
     normalise_pipeline_with_paths,
     pipeline_field,

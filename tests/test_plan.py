@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from fanflow.commands.plan import plan as plan_cmd
-from fanflow.ir.load import load_workflow
+from fanflow.load.reader import load_workflow
 from fanflow.observe.plan import build_plan, format_plan_json, format_plan_mermaid, format_plan_text
 
 

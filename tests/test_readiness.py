@@ -6,7 +6,7 @@ from typing import Any
 
 from fanflow.compile.graph import Graph, build_graph
 from fanflow.compile.topology import Topology
-from fanflow.ir.load import parse_source
+from fanflow.load.reader import parse_source
 from fanflow.schedule.readiness import Readiness
 
 

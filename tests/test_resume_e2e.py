@@ -64,7 +64,7 @@ def test_failed_item_then_resume_runs_exactly_the_failed_and_unstarted_items(wri
     assert sorted(store().item_results(run.id)["work"]) == list(range(15))
 
     listing = run_cli("runs", "show", run.id[:10], cwd=tmp_path)
-    assert listing.code == 0 and "15/20 ok, 1 failed, 4 not run" in listing.stdout
+    assert listing.code == 0 and "15/20 ok, 1 failed, 4 pending" in listing.stdout
 
     # Fix the cause and resume: only 15 (failed) and 16..19 (never started) run.
     (tmp_path / "broken").unlink()
@@ -140,14 +140,14 @@ def test_kill_9_mid_batch_then_resume(write_wf, tmp_path):
     s = store()
     assert s.integrity_check() == "ok"
     run = s.get_run("last")
-    assert run.status == "running" and run.effective_status == "interrupted"
+    assert run.status == "running" and run.effective_status == "cancelled"
     stored = set(s.item_results(run.id).get("work", {}))
     assert stored <= done_at_kill | set(map(int, log_lines(tmp_path / "done.log")))
     # At most the last flush interval of completions is lost (≤ the concurrency here).
     assert len(done_at_kill - stored) <= 3, (done_at_kill, stored)
     assert len(stored) >= 7
     listed = run_cli("runs", cwd=tmp_path)
-    assert run.id in listed.stdout and "interrupted" in listed.stdout
+    assert run.id in listed.stdout and "cancelled" in listed.stdout
 
     before = log_lines(tmp_path / "done.log")
     second = run_cli("run", str(path), "--resume", "last", "--output-format", "json",

@@ -13,7 +13,7 @@ import pytest
 from fanflow import events as ev
 from fanflow.errors import EXIT_INVALID, WorkflowInvalid
 from fanflow.events import Event
-from fanflow.ir.load import load_workflow
+from fanflow.load.reader import load_workflow
 from fanflow.store.checkpoint import CheckpointWriter
 from fanflow.store.resume import load_resume, plan_resume
 from fanflow.store.runs import RunStore, UnknownRun

@@ -169,13 +169,13 @@ def test_unserialisable_outputs_are_marked_not_resumable(tmp_path: Path) -> None
     assert store.item_results(w.run_id) == {"b": {1: {"ok": 1}}}  # item 0 will re-run
 
 
-def test_close_without_run_finished_marks_interrupted(tmp_path: Path) -> None:
+def test_close_without_run_finished_marks_cancelled(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "runs.db")
     w = CheckpointWriter(store, workflow_path="wf.json")
     emit(w, ev.NODE_FINISHED, "a", status="success", action="default", outputs={})
     w.close()
     w.close()  # idempotent
-    assert store.get_run(w.run_id).status == "interrupted"
+    assert store.get_run(w.run_id).status == "cancelled"
 
 
 def test_writer_follows_the_engine_run_id(tmp_path: Path) -> None:
@@ -316,7 +316,7 @@ def test_sigkill_mid_write_leaves_a_consistent_store(tmp_path: Path, delay: floa
     store = RunStore(path)  # opens (WAL recovery happens here)
     assert store.integrity_check() == "ok"
     (run,) = store.list_runs()
-    assert run.status == "running" and run.effective_status == "interrupted"
+    assert run.status == "running" and run.effective_status == "cancelled"
     items = store.item_results(run.id)["b"]
     assert len(items) > 100
     # committed items form a prefix (one writer, in order) and every value is complete

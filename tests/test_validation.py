@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_cli, wf
 from fanflow.errors import WorkflowInvalid
-from fanflow.ir import model
-from fanflow.ir.load import parse_workflow
+from fanflow.load import model
+from fanflow.load.reader import parse_workflow
 
 
 def shell(node_id: str, command: str = "true") -> dict:
@@ -115,7 +115,7 @@ def test_valid_workflow_reports_counts(write_wf):
     assert res.code == 0 and "valid (2 nodes, 1 edges)" in res.stdout
 
 
-# --- The IR model's own validation (fanflow.ir.model): every schema problem, with its path ----
+# --- The IR model's own validation (fanflow.load.model): every schema problem, with its path ----
 
 
 def schema_problems(doc: dict) -> list[tuple[str | None, str | None, str]]:

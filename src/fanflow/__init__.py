@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_workflow": "fanflow.ir.load",
+    "load_workflow": "fanflow.load.reader",
     "compile_workflow": "fanflow.compile.compiled",
     "CompiledWorkflow": "fanflow.compile.compiled",
     "run": "fanflow.api",
@@ -22,7 +22,7 @@ _API = {
     "Node": "fanflow.nodes.base",
     "AsyncNode": "fanflow.nodes.base",
     "Param": "fanflow.nodes.base",
-    "Workflow": "fanflow.ir.model",
+    "Workflow": "fanflow.load.model",
     "WorkflowInvalid": "fanflow.errors",
     "NodeError": "fanflow.errors",
     "ResumeState": "fanflow.execute.resume_state",
@@ -57,8 +57,8 @@ if TYPE_CHECKING:  # the names as the type checker sees them; at run time they l
     from fanflow.events import Event, Listener
     from fanflow.execute.resume_state import ResumeState
     from fanflow.execute.state import NodeResult
-    from fanflow.ir.load import load_workflow
-    from fanflow.ir.model import Workflow
+    from fanflow.load.model import Workflow
+    from fanflow.load.reader import load_workflow
     from fanflow.nodes.base import AsyncNode, Node, Param
     from fanflow.nodes.registry import register_node
     from fanflow.status import Status

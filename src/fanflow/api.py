@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from fanflow import events as ev
 from fanflow import templates
 from fanflow.compile.compiled import CompiledWorkflow, compile_workflow
-from fanflow.engine.inputs import resolve_inputs
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.events import EventBus, Listener
 from fanflow.execute.budget import Budget
@@ -26,9 +25,10 @@ from fanflow.execute.context import RunContext
 from fanflow.execute.resume_state import ResumeState
 from fanflow.execute.state import NodeResult, RunState
 from fanflow.execute.threads import ThreadExecutor
-from fanflow.ir.model import Workflow
+from fanflow.load.model import Workflow
 from fanflow.schedule.driver import Driver
 from fanflow.status import CANCELLED, FAILED, SUCCESS, Status
+from fanflow.validate.inputs import resolve_inputs
 
 if TYPE_CHECKING:
     from fanflow.store.runs import RunStore

@@ -70,7 +70,7 @@ def fail(exc: FanflowError, output_format: str = "text") -> None:
 def validate(workflow: str) -> None:
     """Run every static check on WORKFLOW; execute nothing."""
     from fanflow.compile.compiled import compile_workflow
-    from fanflow.ir.load import parse_source
+    from fanflow.load.reader import parse_source
 
     try:
         compiled = compile_workflow(parse_source(workflow))
@@ -141,7 +141,7 @@ def run(
 ) -> None:  # fmt: skip
     """Run WORKFLOW with inputs given as name=value."""
     import fanflow
-    from fanflow.engine.inputs import parse_cli_pairs
+    from fanflow.validate.inputs import parse_cli_pairs
 
     try:
         pairs = parse_cli_pairs(inputs)
@@ -155,6 +155,14 @@ def run(
         )  # fmt: skip
     except FanflowError as exc:
         fail(exc, output_format)
+    except Exception as exc:  # a bug (ours, or a custom node's or listener's): no traceback
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        if output_format == "json":
+            click.echo(json.dumps({"status": "failed", "error": message}))
+        click.echo(f"error: {message} (set FANFLOW_DEBUG=1 for the traceback)", err=True)
+        if os.environ.get("FANFLOW_DEBUG"):
+            raise
+        _exit(1)
     if output_format == "json":
         click.echo(json.dumps(result.to_json(), default=str))
     else:
@@ -189,7 +197,7 @@ def _exit(code: int) -> None:
 @click.command()
 def schema() -> None:
     """Print the JSON Schema of the workflow format (for editors and agents)."""
-    from fanflow.ir.model import json_schema
+    from fanflow.load.model import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 

@@ -26,7 +26,7 @@ def plan(workflow: str, fmt: str, normalised: bool) -> None:
     """Show what can run in parallel: dependency levels, fan-outs, joins, branches, loops."""
     from fanflow.cli import fail
     from fanflow.errors import FanflowError
-    from fanflow.ir.load import load_workflow
+    from fanflow.load.reader import load_workflow
     from fanflow.observe.plan import (
         build_plan,
         format_plan_json,
@@ -39,8 +39,8 @@ def plan(workflow: str, fmt: str, normalised: bool) -> None:
     except FanflowError as exc:
         fail(exc, "json" if fmt == "json" else "text")
     if normalised:
-        from fanflow.ir.load import read_document
-        from fanflow.ir.pipeline import normalise_pipeline
+        from fanflow.load.pipeline import normalise_pipeline
+        from fanflow.load.reader import read_document
 
         click.echo(json.dumps(normalise_pipeline(read_document(workflow), workflow), indent=2))
         return

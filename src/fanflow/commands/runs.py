@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from fanflow.errors import EXIT_INVALID
+from fanflow.status import Status
 
 _STORE_HELP = "Run store (SQLite) path; default .fanflow/runs.db or $FANFLOW_HOME/runs.db."
 _FORMAT = click.Choice(["text", "json"])
@@ -157,7 +158,7 @@ def _items_text(total: int | None, counts: dict[str, int]) -> str:
     if total is not None:
         missing = total - sum(counts.values())
         if missing > 0:
-            parts.append(f"{missing} not run")
+            parts.append(f"{missing} pending")
     return ", ".join(parts)
 
 
@@ -183,11 +184,11 @@ def show(ctx: click.Context, run_ref: str, store_path: Path | None, output_forma
     order = known + [n for n in states if n not in set(known)]
 
     if output_format == "json":
-        nodes = {}
+        nodes: dict[str, dict[str, Any]] = {}
         for n in order:
             st = states.get(n)
             if st is None:
-                nodes[n] = {"status": "not run"}
+                nodes[n] = {"status": Status.PENDING}
                 continue
             nodes[n] = {
                 "status": st.status,
@@ -223,7 +224,7 @@ def show(ctx: click.Context, run_ref: str, store_path: Path | None, output_forma
     for n in order:
         st = states.get(n)
         if st is None:
-            rows.append([n, "not run", "", "", "", ""])
+            rows.append([n, Status.PENDING, "", "", "", ""])
             continue
         detail = st.error or (st.note if st.status != "skipped" else "") or ""
         rows.append(

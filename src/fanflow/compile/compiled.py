@@ -17,7 +17,7 @@ from fanflow import templates
 from fanflow.compile.graph import Graph
 from fanflow.compile.topology import Topology
 from fanflow.execute.retry import NO_RETRY, RetryPolicy
-from fanflow.ir.model import BatchSpec, Workflow
+from fanflow.load.model import BatchSpec, Workflow
 from fanflow.nodes import registry
 from fanflow.nodes.base import AsyncNode, Node, Scope, is_async_node
 
@@ -71,10 +71,10 @@ class CompiledWorkflow:
 def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> CompiledWorkflow:
     """Validate (raises WorkflowInvalid with every problem) and compile. Given a path or a dict,
     load it first."""
-    from fanflow.ir.validate import check_workflow
+    from fanflow.validate.checks import check_workflow
 
     if not isinstance(workflow, Workflow):
-        from fanflow.ir.load import parse_source
+        from fanflow.load.reader import parse_source
 
         workflow = parse_source(workflow)
 
@@ -113,7 +113,7 @@ _NODE_RENDER = Node.render_params.__func__  # type: ignore[attr-defined]
 
 
 def _default_render(compiled: Any, scope: Scope) -> dict[str, Any]:
-    return _NODE_RENDER(Node, compiled, scope)  # type: ignore[no-any-return]
+    return _NODE_RENDER(Node, compiled, scope)
 
 
 def _overrides(cls: Any, name: str) -> bool:

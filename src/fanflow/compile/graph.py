@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fanflow import templates
-from fanflow.ir.model import NodeSpec, Workflow
+from fanflow.load.model import NodeSpec, Workflow
 
 BATCH_VARS = ("__index__",)
 

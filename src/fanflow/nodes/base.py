@@ -148,7 +148,7 @@ class NodeShared(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self._own)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         self._own.update(*args, **kwargs)  # writes land in the node's own namespace
 
     def __contains__(self, key: object) -> bool:

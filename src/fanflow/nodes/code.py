@@ -38,4 +38,4 @@ class CodeNode(Node):
     def post(self, shared: Any, prep_res: Any, exec_res: Any) -> str | None:
         outputs, action = exec_res
         shared.update(outputs)
-        return action  # type: ignore[no-any-return]
+        return action

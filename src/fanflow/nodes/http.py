@@ -71,7 +71,7 @@ class HttpNode(AsyncNode):
         method = str(p.get("method") or "GET").upper()
         if method not in _METHODS:
             raise NodeError(f"http: unsupported method {method!r} (use one of {_METHODS})")
-        timeout = float(p.get("timeout") if p.get("timeout") is not None else 30)
+        timeout = float(p["timeout"]) if p.get("timeout") is not None else 30.0
         headers = {str(k): str(v) for k, v in (p.get("headers") or {}).items()}
         query = p.get("params") or None
         body = p.get("body")

@@ -57,12 +57,9 @@ def _discover() -> None:
                 sys.modules[spec.name] = module
                 spec.loader.exec_module(module)
                 for value in vars(module).values():
-                    if (
-                        isinstance(value, type)
-                        and getattr(value, "type_name", "")
-                        and (value.__module__ == module.__name__)
-                    ):
-                        _registered.setdefault(value.type_name, value)
+                    name = getattr(value, "type_name", "") if isinstance(value, type) else ""
+                    if name and value.__module__ == module.__name__:
+                        _registered.setdefault(name, value)
 
 
 def known_types() -> list[str]:

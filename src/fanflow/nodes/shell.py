@@ -72,13 +72,11 @@ class ShellNode(AsyncNode):
         except BaseException:  # cancelled: fail-fast, SIGINT or a lost race
             await _kill_group(proc)
             raise
-        outputs = {
-            "stdout": out.decode(errors="replace").removesuffix("\n"),
-            "stderr": err.decode(errors="replace"),
-            "exit_code": proc.returncode,
-        }
+        stdout = out.decode(errors="replace").removesuffix("\n")
+        stderr = err.decode(errors="replace")
+        outputs: dict[str, Any] = {"stdout": stdout, "stderr": stderr, "exit_code": proc.returncode}
         if proc.returncode != 0 and not p.get("ignore_errors"):
-            detail = outputs["stderr"].strip()[-500:] or outputs["stdout"][-500:]
+            detail = stderr.strip()[-500:] or stdout[-500:]
             raise NodeError(
                 f"command failed with exit code {proc.returncode}"
                 + (f": {detail}" if detail else ""),

@@ -75,28 +75,30 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
 
 
 def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
+    # Spans are read by position in the passes over all of them (a tuple index is much cheaper
+    # than a NamedTuple attribute): 0 node, 1 item, 2 start, 3 end, 4 status, 8 batch, 9 handled.
     spans = built.spans
-    node_runs = [s for s in spans if s.item is None]
-    items = [s for s in spans if s.item is not None] if len(node_runs) != len(spans) else []
+    node_runs = [s for s in spans if s[1] is None]
+    items = [s for s in spans if s[1] is not None] if len(node_runs) != len(spans) else []
     items_by_node: dict[str, list[Span]] = {}
     for s in items:
         items_by_node.setdefault(s.node, []).append(s)
     batch_nodes = set(meta.get("batch_nodes") or ()) | set(items_by_node)
-    batch_nodes.update(s.node for s in node_runs if s.batch is not None)
+    batch_nodes.update([s[0] for s in node_runs if s[8] is not None])
 
-    leaf_runs = [s for s in node_runs if s.node not in batch_nodes] if batch_nodes else node_runs
-    intervals = [(s.start, s.end) for s in leaf_runs] + [(s.start, s.end) for s in items]
+    leaf_runs = [s for s in node_runs if s[0] not in batch_nodes] if batch_nodes else node_runs
+    intervals = [(s[2], s[3]) for s in leaf_runs] + [(s[2], s[3]) for s in items]
     busy = sum([e - s for s, e in intervals])
     wall = max(built.t_end - built.t0, 0.0)
     idle = max(wall - _union_length(intervals), 0.0)
 
     # Per node, summed over loop visits: its time (wall), its last status, its runs.
-    names = [s.node for s in node_runs]
+    names = [s[0] for s in node_runs]
     runs_by_node: dict[str, int] = {}
     if len(set(names)) == len(names):  # each node ran once: the usual case, done at C speed
-        wall_by_node = {s.node: s.end - s.start for s in node_runs}
-        status_by_node = {s.node: s.status for s in node_runs}
-        handled = {s.node for s in node_runs if s.handled}
+        wall_by_node = {s[0]: s[3] - s[2] for s in node_runs}
+        status_by_node = {s[0]: s[4] for s in node_runs}
+        handled = {s[0] for s in node_runs if s[9]}
     else:
         wall_by_node, status_by_node, handled = {}, {}, set()
         for s in node_runs:
@@ -134,7 +136,7 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
         slowest.append(entry)
 
     failures: list[dict[str, Any]] = []
-    failed = [s for s in spans if s.status == FAILED]
+    failed = [s for s in spans if s[4] == FAILED]
     for s in failed[:MAX_FAILURES]:
         f: dict[str, Any] = {"node": s.node}
         if s.item is not None:
@@ -180,15 +182,15 @@ def critical_path(
     # Every finish of every node (loops finish several times): node -> [(end, start, status)].
     finishes: dict[str, list[tuple[float, float, str]]] = {}
     last: tuple[str, tuple[float, float, str]] | None = None  # the latest finish that ran
-    for s in node_runs:
-        f = (s.end, s.start, s.status)
-        runs = finishes.get(s.node)
+    for node, _, start, end, status, *_ in node_runs:
+        f = (end, start, status)
+        runs = finishes.get(node)
         if runs is None:
-            finishes[s.node] = [f]
+            finishes[node] = [f]
         else:
             runs.append(f)
-        if (last is None or f[0] > last[1][0]) and f[2] not in _NOT_ON_PATH:
-            last = (s.node, f)
+        if (last is None or end > last[1][0]) and status not in _NOT_ON_PATH:
+            last = (node, f)
     for sk in built.skips:
         finishes.setdefault(sk.node, []).append((sk.t, sk.t, SKIPPED))
     if not finishes:

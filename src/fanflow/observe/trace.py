@@ -19,7 +19,7 @@ import sys
 from bisect import bisect_left
 from collections.abc import Callable
 from itertools import accumulate
-from json.encoder import encode_basestring
+from json.encoder import encode_basestring as quote
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +124,14 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
     enc = _ENCODER.encode
     t0 = built.t0
     spans = built.spans
-    node_spans = [s for s in spans if s.item is None]
+    # Spans are read by position in the loops over all of them (a tuple index is much cheaper
+    # than a NamedTuple attribute): 0 node, 1 item, 2 start, 3 end, 4 status, 5: the rest.
+    node_spans = [s for s in spans if s[1] is None]
     item_spans: dict[str, list[Span]] = {}
     if len(node_spans) != len(spans):
         for s in spans:
-            if s.item is not None:
-                item_spans.setdefault(s.node, []).append(s)
+            if s[1] is not None:
+                item_spans.setdefault(s[0], []).append(s)
 
     lines: list[str] = []
     add = lines.append
@@ -144,73 +146,69 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
                  "args": {"sort_index": sort}}))  # fmt: skip
 
     # Whole µs from the run start; lanes packed on those, so what the file shows never overlaps.
-    starts = [round((s.start - t0) * 1e6) for s in node_spans]
-    ends = [round((s.end - t0) * 1e6) for s in node_spans]
+    starts = [round((s[2] - t0) * 1e6) for s in node_spans]
+    ends = [round((s[3] - t0) * 1e6) for s in node_spans]
     lanes = pack_intervals(starts, ends)  # node lanes are tids 1..k, item lanes follow
     n_node_lanes = max(lanes, default=-1) + 1
     for lane in range(n_node_lanes):
         lane_meta(lane + 1, f"lane {lane + 1}", lane + 1)
 
     tid_ts = [f',"pid":{PID},"tid":{lane + 1},"ts":' for lane in range(n_node_lanes)]
-    keys: list[int] = []  # leaf starts (2·µs + 1) and ends (2·µs), for the in-flight counter
-    key = keys.append
-    plain: dict[Any, str] = {}  # status → args JSON, for spans with nothing else to say
-    for span, ts, te, lane in zip(node_spans, starts, ends, lanes, strict=True):
-        node, _, _, _, status, action, attempts, error, batch, handled, retries = span
-        if batch is None and node not in item_spans:  # a batch node's run is a container
-            key(ts * 2 + 1)
-            key(te * 2)
-        if (
-            error is None
-            and (action is None or action == "default")
-            and (attempts is None or attempts == 1)
-            and batch is None
-            and not handled
-            and not retries
-        ):
-            args = plain.get(status)
-            if args is None:
-                args = plain[status] = enc({"status": status})
-        else:
-            args = enc(_span_args(span))
-        add(
-            f'{_NODE_HEAD}{encode_basestring(node)}{tid_ts[lane]}{ts},"dur":{te - ts},"args":{args}}}'
-        )
-        if retries:
-            _retry_lines(add, retries, node, None, lane + 1, t0)
+    # Nearly every span has only a status to say: its args are one cached JSON text per status,
+    # and its line is formatted in a comprehension. The others go through `_span_args`.
+    plain = {st: enc({"status": st}) for st in {s[4] for s in spans}}
+    args: list[str | None] = [
+        plain[s[4]] if s[5:] == _PLAIN_NODE_TAIL else None for s in node_spans
+    ]
+    retried: list[tuple[tuple[Retry, ...], str, int | None, int]] = []
+    for i, arg in enumerate(args) if None in args else ():
+        if arg is None:
+            span = node_spans[i]
+            args[i] = enc(_span_args(span))
+            if span.retries:
+                retried.append((span.retries, span.node, None, lanes[i] + 1))
+    lines += [
+        f'{_NODE_HEAD}{quote(s[0])}{tid_ts[lane]}{ts},"dur":{te - ts},"args":{arg}}}'
+        for s, ts, te, lane, arg in zip(node_spans, starts, ends, lanes, args, strict=True)
+    ]
+    # Leaf starts (2·µs + 1) and ends (2·µs), for the in-flight counter; a batch node's own run
+    # is a container, not a leaf.
+    if item_spans or any(s.batch is not None for s in node_spans):
+        leaf = [s[8] is None and s[0] not in item_spans for s in node_spans]
+        keys = [ts * 2 + 1 for ts, is_leaf in zip(starts, leaf, strict=True) if is_leaf]
+        keys += [te * 2 for te, is_leaf in zip(ends, leaf, strict=True) if is_leaf]
+    else:
+        keys = [ts * 2 + 1 for ts in starts]
+        keys += [te * 2 for te in ends]
 
     # Item lanes grouped per batch node, batches in the order they started.
     next_tid = n_node_lanes + 1
     for node, items in sorted(item_spans.items(), key=lambda kv: kv[1][0].start):
-        starts = [round((s.start - t0) * 1e6) for s in items]
-        ends = [round((s.end - t0) * 1e6) for s in items]
+        starts = [round((s[2] - t0) * 1e6) for s in items]
+        ends = [round((s[3] - t0) * 1e6) for s in items]
         lanes = pack_intervals(starts, ends)
         n_lanes = max(lanes) + 1
         for lane in range(n_lanes):
             lane_meta(next_tid + lane, f"{node} items {lane + 1}", next_tid + lane)
-        prefix = encode_basestring(node)[:-1]  # "name[3]" is the node's JSON string plus [3]
-        for span, ts, te, lane in zip(items, starts, ends, lanes, strict=True):
-            item = int(span.item)  # type: ignore[arg-type]  # item spans have one
-            key(ts * 2 + 1)
-            key(te * 2)
-            if (
-                span.error is None
-                and (span.attempts is None or span.attempts == 1)
-                and not span.retries
-            ):
-                args = plain.get(span.status)
-                if args is None:
-                    args = plain[span.status] = enc({"status": span.status})
-                args = f'{args[:-1]},"item":{item}}}'
-            else:
-                args = enc(_span_args(span))
-            add(
-                f'{{"ph":"X","cat":"item","name":{prefix}[{item}]","pid":{PID},'
-                f'"tid":{next_tid + lane},"ts":{ts},"dur":{te - ts},"args":{args}}}'
-            )
-            if span.retries:
-                _retry_lines(add, span.retries, node, item, next_tid + lane, t0)
+        head = f'{{"ph":"X","cat":"item","name":{quote(node)[:-1]}['  # "name[3]"
+        tids = [f'"pid":{PID},"tid":{next_tid + lane},"ts":' for lane in range(n_lanes)]
+        open_args = {st: text[:-1] + ',"item":' for st, text in plain.items()}
+        args = [f"{open_args[s[4]]}{s[1]}}}" if s[5:] == _PLAIN_ITEM_TAIL else None for s in items]
+        for i, arg in enumerate(args) if None in args else ():
+            if arg is None:
+                span = items[i]
+                args[i] = enc(_span_args(span))
+                if span.retries:
+                    retried.append((span.retries, node, span.item, next_tid + lanes[i]))
+        lines += [
+            f'{head}{s[1]}]",{tids[lane]}{ts},"dur":{te - ts},"args":{arg}}}'
+            for s, ts, te, lane, arg in zip(items, starts, ends, lanes, args, strict=True)
+        ]
+        keys += [ts * 2 + 1 for ts in starts]
+        keys += [te * 2 for te in ends]
         next_tid += n_lanes
+    for retries, node, item, tid in retried:
+        _retry_lines(add, retries, node, item, tid, t0)
 
     # Nodes that did not run here get instant events in lanes of their own.
     for marks, lane_name, cat in (
@@ -264,6 +262,10 @@ def _retry_lines(
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 _NODE_HEAD = '{"ph":"X","cat":"node","name":'
+# Span fields after the status when a span has nothing else to say (action, attempts, error,
+# batch, handled, retries): what the engine emits for a plain success.
+_PLAIN_NODE_TAIL = ("default", 1, None, None, False, ())
+_PLAIN_ITEM_TAIL = (None, 1, None, None, False, ())
 
 
 def _in_flight_counter(keys: list[int]) -> list[tuple[int, int]]:

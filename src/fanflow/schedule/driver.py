@@ -46,7 +46,7 @@ class Driver:
         self._task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        self._task = asyncio.current_task()  # type: ignore[assignment]
+        self._task = asyncio.current_task()
         try:
             try:
                 async with asyncio.TaskGroup() as group:

@@ -175,7 +175,7 @@ class CheckpointWriter:
                 self._wake.set()
             return
         if kind == _NODE_FINISHED:
-            node = event.node
+            node = event.node or ""
             started = self._running.pop(node, None)
             d = event.data
             if d.get("resumed"):
@@ -213,7 +213,7 @@ class CheckpointWriter:
                 self._slow_started[node] = started
                 entry = event
         elif kind == _NODE_STARTED:
-            node = event.node
+            node = event.node or ""
             d = event.data
             if d:
                 if d.get("resumed"):
@@ -403,7 +403,7 @@ class CheckpointWriter:
             error, failed_node = _str(d.get("error")), d.get("failed_node")
             text, blob, note = self.store.pack_value(d.get("outputs") or {})
         else:  # closed without run_finished: the run was torn down (Ctrl-C, crash in the engine)
-            status, error, failed_node = "interrupted", "run did not finish", None
+            status, error, failed_node = "cancelled", "run did not finish", None
             text, blob, note = None, None, None
         self.final_status = status
         try:

@@ -60,7 +60,7 @@ def _stored_node_hashes(store: RunStore, run: RunRecord) -> dict[str, str] | Non
     if doc is None:
         return None
     from fanflow.compile.compiled import compile_workflow
-    from fanflow.ir.load import parse_source
+    from fanflow.load.reader import parse_source
 
     try:
         return node_hashes(compile_workflow(parse_source(json.loads(doc))))

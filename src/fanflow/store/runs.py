@@ -23,13 +23,12 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fanflow.errors import EXIT_INVALID, FanflowError
-
-if TYPE_CHECKING:
-    from datetime import timedelta
+from fanflow.status import Status
 
 DB_NAME = "runs.db"
 BLOB_DIR = "blobs"
@@ -51,7 +50,7 @@ CREATE TABLE IF NOT EXISTS runs (
     workflow      TEXT NOT NULL,          -- absolute path of the workflow file (or its name)
     workflow_hash TEXT,                   -- key into workflows: the document this run ran
     inputs        TEXT,                   -- JSON
-    status        TEXT NOT NULL,          -- running | success | failed | cancelled | interrupted
+    status        TEXT NOT NULL,          -- running | success | failed | cancelled (fanflow.Status)
     started       REAL NOT NULL,          -- epoch seconds of the first attempt
     finished      REAL,
     duration      REAL,                   -- seconds, summed over attempts (resumes)
@@ -254,9 +253,10 @@ class RunRecord:
 
     @property
     def effective_status(self) -> str:
-        """A run still marked running whose process is gone was killed: report it interrupted."""
+        """A run still marked running whose process is gone was killed: report it cancelled
+        (it stopped before finishing, and can be resumed)."""
         if self.status == "running" and not self.alive:
-            return "interrupted"
+            return Status.CANCELLED
         return self.status
 
 
@@ -681,8 +681,8 @@ class RunStore:
                 and "success_count" in result
             ):
                 counts = {
-                    "success": result.get("success_count"),
-                    "failed": result.get("error_count"),
+                    "success": int(result.get("success_count") or 0),
+                    "failed": int(result.get("error_count") or 0),
                 }
                 out[nid].items = {k: v for k, v in counts.items() if isinstance(v, int) and v}
         order = sorted(out, key=lambda n: (out[n].started is None, out[n].started or 0.0))
@@ -726,7 +726,7 @@ class RunStore:
         Runs whose process is still alive are never deleted. Unreferenced side files go too."""
         if keep is None and older_than is None:
             raise ValueError("prune needs keep or older_than")
-        if hasattr(older_than, "total_seconds"):  # a timedelta
+        if isinstance(older_than, timedelta):
             older_than = older_than.total_seconds()
         runs = self.list_runs(limit=None)
         victims = []

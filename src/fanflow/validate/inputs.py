@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from fanflow.errors import Problem, WorkflowInvalid
-from fanflow.ir.model import Workflow
+from fanflow.load.model import Workflow
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -47,9 +47,9 @@ def _coerce(name: str, kind: str, value: Any, from_text: bool) -> Any:
         if kind in ("array", "object"):
             try:
                 value = json.loads(value)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise ValueError(f"expected JSON ({exc.msg} at column {exc.colno})") from None
-    checks = {
+    checks: dict[str, type | tuple[type, ...]] = {
         "string": str, "boolean": bool, "integer": int, "number": (int, float),
         "array": list, "object": dict,
     }  # fmt: skip

@@ -8,8 +8,8 @@ from typing import Any
 from fanflow import templates
 from fanflow.compile.graph import BATCH_VARS, Graph, build_graph
 from fanflow.errors import Problem, WorkflowInvalid
-from fanflow.ir.load import map_pipeline_paths
-from fanflow.ir.model import Workflow
+from fanflow.load.model import Workflow
+from fanflow.load.reader import map_pipeline_paths
 from fanflow.nodes import registry
 
 BATCH_OUTPUTS = ("results", "count", "success_count", "error_count", "errors", "batch_metadata")

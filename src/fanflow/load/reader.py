@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fanflow.errors import Problem, WorkflowInvalid
-from fanflow.ir.model import SchemaError, SchemaInvalid, Workflow, field_path
+from fanflow.load.model import SchemaError, SchemaInvalid, Workflow, field_path
 
 
 def read_document(path: str | Path) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def parse_workflow(doc: dict[str, Any], file: str | None = None) -> Workflow:
     """Validate the document's shape. Raises WorkflowInvalid listing every schema problem."""
     paths: dict[str, str] | None = None
     if "pipeline" in doc:
-        from fanflow.ir.pipeline import normalise_pipeline_with_paths
+        from fanflow.load.pipeline import normalise_pipeline_with_paths
 
         doc, paths = normalise_pipeline_with_paths(doc, file)
     try:
@@ -76,7 +76,7 @@ def map_pipeline_paths(problems: list[Problem], paths: dict[str, str] | None) ->
         return problems
     from dataclasses import replace
 
-    from fanflow.ir.pipeline import pipeline_field
+    from fanflow.load.pipeline import pipeline_field
 
     return [replace(p, field=pipeline_field(p.field, paths)) for p in problems]
 
@@ -112,7 +112,7 @@ def _describe(err: SchemaError) -> tuple[str, str | None]:
 
 def load_workflow(source: str | Path | dict[str, Any]) -> Workflow:
     """Load and fully validate a workflow from a path or an in-memory dict."""
-    from fanflow.ir.validate import validate_workflow
+    from fanflow.validate.checks import validate_workflow
 
     if isinstance(source, dict):
         workflow = parse_workflow(source, None)
