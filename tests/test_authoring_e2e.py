@@ -105,8 +105,8 @@ def test_nested_parallel_blocks_run_in_parallel(write_wf):
 def test_pipeline_and_graph_forms_give_the_same_graph_and_outputs(write_wf):
     import fanflow
 
-    p_graph = fanflow.load_workflow(write_wf(NESTED_PIPELINE, "p.json")).graph
-    g_graph = fanflow.load_workflow(write_wf(NESTED_GRAPH, "g.json")).graph
+    p_graph = fanflow.compile_workflow(write_wf(NESTED_PIPELINE, "p.json")).graph
+    g_graph = fanflow.compile_workflow(write_wf(NESTED_GRAPH, "g.json")).graph
     assert p_graph.ids == g_graph.ids
     assert set(p_graph.edges) == set(g_graph.edges)
     assert p_graph.deps == g_graph.deps

@@ -389,6 +389,25 @@ def test_plain_progress_batch_lines_are_rate_limited():
     assert done == sorted(done)
 
 
+def test_plain_progress_caps_routine_lines_in_a_flood_but_never_failures():
+    out = io.StringIO()
+    p = make_progress(out, tty=False)
+    r = Run(deps={f"n{i}": [] for i in range(1000)})
+    for i in range(1000):  # a 1,000-node chain in 0.5 s: 2,000 routine lines without the cap
+        r.start(i * 0.0005, f"n{i}")
+        if i == 500:
+            r.finish(i * 0.0005 + 0.0001, f"n{i}", status="failed", action=None, error="boom")
+        else:
+            r.finish(i * 0.0005 + 0.0001, f"n{i}")
+    r.end(0.5, status="failed")
+    feed(p, r.sorted())
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 35
+    assert lines[:2] == ["▶ n0", "✓ n0 0.1ms"]
+    assert "✗ n500 0.1ms: boom" in lines  # failures are always written
+    assert lines[-1] == "… 985 started, 984 ok (1,000/1,000 done, 0 running)"
+
+
 def test_plain_progress_coalesces_inside_a_loop_and_close_flushes():
     out = io.StringIO()
     p = make_progress(out, tty=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from fanflow.commands.plan import plan as plan_cmd
-from fanflow.load.reader import load_workflow
+from fanflow.compile.compiled import compile_workflow
 from fanflow.observe.plan import build_plan, format_plan_json, format_plan_mermaid, format_plan_text
 
 
@@ -58,7 +58,7 @@ LOOP = wf(
 
 
 def plan_of(doc: dict) -> dict:
-    return build_plan(load_workflow(doc))
+    return build_plan(compile_workflow(doc))
 
 
 def test_diamond_levels_fan_out_and_join():

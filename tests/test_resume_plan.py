@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from fanflow import events as ev
+from fanflow.compile.compiled import compile_workflow
 from fanflow.errors import EXIT_INVALID, WorkflowInvalid
 from fanflow.events import Event
-from fanflow.load.reader import load_workflow
 from fanflow.store.checkpoint import CheckpointWriter
 from fanflow.store.resume import load_resume, plan_resume
 from fanflow.store.runs import RunStore, UnknownRun
@@ -42,7 +42,7 @@ def record(store: RunStore, doc: dict[str, Any], path: str, events: list[tuple],
     the document written to it, as a workflow file would be."""
     if Path(path).is_absolute():
         Path(path).write_text(json.dumps(doc))
-    wf = load_workflow(copy.deepcopy(doc))
+    wf = compile_workflow(copy.deepcopy(doc))
     w = CheckpointWriter(store, workflow=wf, workflow_path=path, inputs=inputs or {})
     for kind, node, item, data in events:
         w.on_event(Event(kind, time.perf_counter(), node, item, data))
@@ -91,7 +91,7 @@ def setup(tmp_path: Path):
     def wf(doc=BASE):
         """The workflow file as edited after the run, loaded from disk."""
         path.write_text(json.dumps(doc))
-        return load_workflow(path)
+        return compile_workflow(path)
 
     return store, run, wf
 
@@ -188,7 +188,7 @@ def test_last_means_last_run_of_this_workflow_file(setup, tmp_path: Path) -> Non
     record(store, BASE, str(other), ok("a", {"result": []}) + END_FAILED)
     assert load_resume(store, "last", wf(), {}).run_id == mine.run_id
     with pytest.raises(UnknownRun):
-        load_resume(store, "last", load_workflow(copy.deepcopy(BASE)), {},
+        load_resume(store, "last", compile_workflow(copy.deepcopy(BASE)), {},
                     workflow_path=tmp_path / "never-ran.json")  # fmt: skip
 
 
@@ -201,7 +201,7 @@ def test_completed_node_after_unfinished_upstream_reruns(setup) -> None:
         "edges": [{"from": "a", "to": "h", "action": "error"}, {"from": "a", "to": "z"}],
     }
     w = record(store, doc, "flow.json", failed("a", "error") + ok("h", {"result": 1}) + END_FAILED)
-    plan = plan_resume(store, w.run_id, load_workflow(copy.deepcopy(doc)), {}, "flow.json")
+    plan = plan_resume(store, w.run_id, compile_workflow(copy.deepcopy(doc)), {}, "flow.json")
     assert plan.state.nodes == {}
     assert any("'h'" in n and "upstream" in n for n in plan.notes)
 
@@ -225,7 +225,7 @@ def test_skipped_branch_settles_an_or_join(setup) -> None:
         + ok("join", {"result": 3}) + failed("last") + END_FAILED
     )  # fmt: skip
     w = record(store, doc, "flow.json", evs)
-    state = load_resume(store, w.run_id, load_workflow(copy.deepcopy(doc)), {}, "flow.json")
+    state = load_resume(store, w.run_id, compile_workflow(copy.deepcopy(doc)), {}, "flow.json")
     assert set(state.nodes) == {"check", "yes", "join"}
     assert state.nodes["check"].action == "yes"
 
@@ -241,7 +241,7 @@ def test_a_loop_is_restored_only_as_a_whole(setup) -> None:
             {"from": "review", "to": "publish", "action": "ok"},
         ],
     }
-    wf = load_workflow(copy.deepcopy(doc))
+    wf = compile_workflow(copy.deepcopy(doc))
     # killed while the second visit of draft was running: the loop did not finish
     evs = ok("draft", {"v": 1}) + ok("review", {"v": 1}, "revise") + ok("draft", {"v": 2})[:1]
     w = record(store, doc, "loop.json", evs + END_FAILED)
@@ -258,5 +258,5 @@ def test_unstorable_outputs_rerun(setup) -> None:
     doc = {"ir_version": "0.1.0", "nodes": [code("a"), code("b")]}
     evs = ok("a", {"s": {1, 2}}) + failed("b") + END_FAILED
     w = record(store, doc, "flow.json", evs)
-    plan = plan_resume(store, w.run_id, load_workflow(copy.deepcopy(doc)), {}, "flow.json")
+    plan = plan_resume(store, w.run_id, compile_workflow(copy.deepcopy(doc)), {}, "flow.json")
     assert plan.state.nodes == {} and any("'a' re-runs" in n for n in plan.notes)

@@ -25,8 +25,8 @@ import click
 def plan(workflow: str, fmt: str, normalised: bool) -> None:
     """Show what can run in parallel: dependency levels, fan-outs, joins, branches, loops."""
     from fanflow.cli import fail
+    from fanflow.compile.compiled import compile_workflow
     from fanflow.errors import FanflowError
-    from fanflow.load.reader import load_workflow
     from fanflow.observe.plan import (
         build_plan,
         format_plan_json,
@@ -35,7 +35,7 @@ def plan(workflow: str, fmt: str, normalised: bool) -> None:
     )
 
     try:
-        wf = load_workflow(workflow)
+        wf = compile_workflow(workflow)
     except FanflowError as exc:
         fail(exc, "json" if fmt == "json" else "text")
     if normalised:

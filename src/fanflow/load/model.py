@@ -219,9 +219,6 @@ class Workflow(Model):
 
     # Set by the loader, not part of the document: where it came from, for error messages.
     _source: str | None = field(default=None, init=False, repr=False, compare=False)
-    # built once by validation, reused by plan and run
-    _graph: Any = field(default=None, init=False, repr=False, compare=False)
-    _warnings: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
     # Set when the document used the `pipeline` form: its edges are explicit even when there are
     # none (a lone parallel block), and problems map back to the pipeline path the author wrote.
     _pipeline_paths: dict[str, str] | None = field(
@@ -231,19 +228,6 @@ class Workflow(Model):
     @property
     def source(self) -> str | None:
         return self._source
-
-    @property
-    def graph(self) -> Any:
-        """The validated graph (fanflow.compile.graph.Graph); built by `validate_workflow`."""
-        if self._graph is None:
-            from fanflow.compile.graph import build_graph
-
-            self._graph = build_graph(self)
-        return self._graph
-
-    @property
-    def warnings(self) -> list[str]:
-        return self._warnings
 
     def to_json(self) -> str:
         """The document as compact JSON, defaults left out."""

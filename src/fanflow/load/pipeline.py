@@ -253,3 +253,12 @@ def _dedupe(edges: list[Any]) -> list[Any]:
             seen.add(key)
             out.append(edge)
     return out
+
+
+def map_pipeline_paths(problems: list[Problem], paths: dict[str, str] | None) -> list[Problem]:
+    """Report problems of a pipeline-form workflow at the path the author wrote."""
+    if not paths:
+        return problems
+    from dataclasses import replace
+
+    return [replace(p, field=pipeline_field(p.field, paths)) for p in problems]

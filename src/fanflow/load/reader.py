@@ -8,6 +8,7 @@ from typing import Any
 
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.load.model import SchemaError, SchemaInvalid, Workflow, field_path
+from fanflow.load.pipeline import map_pipeline_paths
 
 
 def read_document(path: str | Path) -> dict[str, Any]:
@@ -70,17 +71,6 @@ def parse_workflow(doc: dict[str, Any], file: str | None = None) -> Workflow:
     return workflow
 
 
-def map_pipeline_paths(problems: list[Problem], paths: dict[str, str] | None) -> list[Problem]:
-    """Report problems of a pipeline-form workflow at the path the author wrote."""
-    if not paths:
-        return problems
-    from dataclasses import replace
-
-    from fanflow.load.pipeline import pipeline_field
-
-    return [replace(p, field=pipeline_field(p.field, paths)) for p in problems]
-
-
 def _schema_problems(
     errors: list[SchemaError], doc: dict[str, Any], file: str | None
 ) -> list[Problem]:
@@ -112,13 +102,13 @@ def _describe(err: SchemaError) -> tuple[str, str | None]:
 
 def load_workflow(source: str | Path | dict[str, Any]) -> Workflow:
     """Load and fully validate a workflow from a path or an in-memory dict."""
-    from fanflow.validate.checks import validate_workflow
+    from fanflow.validate.checks import check_workflow
 
     if isinstance(source, dict):
         workflow = parse_workflow(source, None)
     else:
         workflow = parse_workflow(read_document(source), str(source))
-    validate_workflow(workflow)
+    check_workflow(workflow)  # raises WorkflowInvalid; compile_workflow keeps what it builds
     return workflow
 
 

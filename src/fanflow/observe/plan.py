@@ -21,8 +21,8 @@ from fanflow.compile.graph import Graph
 
 
 def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
-    """The plan as a JSON-ready dict. `workflow` is a validated fanflow Workflow."""
-    g = graph if graph is not None else workflow.graph
+    """The plan as a JSON-ready dict. `workflow` is a CompiledWorkflow."""
+    g = graph if graph is not None else workflow.graph  # a CompiledWorkflow
     order = {n: i for i, n in enumerate(g.ids)}
     comps = g.components
     comp_level: dict[int, int] = {}
@@ -122,7 +122,7 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
                 "entry": comp.entry,
                 "back_edges": back,
                 "exits": exits,
-                "max_visits": workflow.max_visits,
+                "max_visits": workflow.workflow.max_visits,
             }
         )
 

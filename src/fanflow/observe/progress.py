@@ -257,8 +257,13 @@ class _ProgressBase:
             status = d.get("status")
             self.done += 1
             b = self.batches.pop(node, None)
-            if b is None and status == SUCCESS and not self._take(e.t):
-                self.held[1] += 1  # the usual case of a flood: counted, not formatted
+            # A flood's usual event: counted, not formatted (the budget test inlined).
+            if (
+                b is None
+                and status == SUCCESS
+                and ((e.t < self.window_end and self.budget <= 0) or not self._take(e.t))
+            ):
+                self.held[1] += 1
                 return
             if b is not None:
                 self._line(self._batch_line(node, b), "dim")
@@ -288,10 +293,10 @@ class _ProgressBase:
             if count is not None:
                 self.batches[node] = _Batch(count, e.t)
                 self._line(f"{g['start']} {node} ({count} items)", "dim")
-            elif self._take(e.t):
-                self._line(f"{g['start']} {node}", "dim")
-            else:
+            elif (e.t < self.window_end and self.budget <= 0) or not self._take(e.t):
                 self.held[0] += 1
+            else:
+                self._line(f"{g['start']} {node}", "dim")
         elif kind == NODE_SKIPPED:
             self.done += 1
             self.skipped += 1
@@ -360,16 +365,23 @@ class PlainProgress(_ProgressBase):
         loop.call_later(COALESCE_S, self._tick)
 
     def _tick(self) -> None:
+        """The scheduled flush. Held lines are said once their second is over, even if nothing
+        else happens (event times are `perf_counter` seconds, like the clock read here)."""
         self.flush()
-        if any(self.held) and not self._armed:
-            # Held lines are said once their second is over, even if nothing else happens.
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # pragma: no cover - called from the loop
-                return
-            self._armed = True
-            self.on_event = self._pending.append
-            loop.call_later(max(self.window_end - time.perf_counter(), COALESCE_S), self._tick)
+        if not any(self.held) or self._armed:
+            return
+        left = self.window_end - time.perf_counter()
+        if left <= 0:
+            self._say_held()
+            self._write()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - called from the loop
+            return
+        self._armed = True
+        self.on_event = self._pending.append
+        loop.call_later(min(max(left, COALESCE_S), self.window_s), self._tick)
 
     def flush(self) -> None:
         """Read the pending events and write their lines (one write and one flush)."""
@@ -382,8 +394,6 @@ class PlainProgress(_ProgressBase):
         handle = self.handle
         for e in events:
             handle(e)
-        if any(self.held) and time.perf_counter() >= self.window_end:
-            self._say_held()
         self._write()
 
     def _write(self) -> None:

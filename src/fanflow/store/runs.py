@@ -219,6 +219,7 @@ def workflow_document(
         except (OSError, UnicodeDecodeError):
             text = None
     if text is None:
+        workflow = getattr(workflow, "workflow", workflow)  # a CompiledWorkflow's document
         if workflow is None or not hasattr(workflow, "to_json"):
             return None, None
         text = workflow.to_json()

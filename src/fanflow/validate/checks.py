@@ -9,7 +9,7 @@ from fanflow import templates
 from fanflow.compile.graph import BATCH_VARS, Graph, build_graph
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.load.model import Workflow
-from fanflow.load.reader import map_pipeline_paths
+from fanflow.load.pipeline import map_pipeline_paths
 from fanflow.nodes import registry
 
 BATCH_OUTPUTS = ("results", "count", "success_count", "error_count", "errors", "batch_metadata")
@@ -23,14 +23,6 @@ def did_you_mean(name: str, candidates: list[str] | set[str]) -> str | None:
 
 def _hint(name: str, candidates: Any, fallback: str) -> str:
     return did_you_mean(name, candidates) or fallback
-
-
-def validate_workflow(workflow: Workflow) -> Workflow:
-    """Raise WorkflowInvalid with every problem (the old entry point, kept during the rebuild)."""
-    graph, warnings = check_workflow(workflow)
-    workflow._graph = graph
-    workflow._warnings = warnings
-    return workflow
 
 
 def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
