@@ -17,7 +17,7 @@ from fanflow import templates
 from fanflow.compile.compiled import NodePlan
 from fanflow.errors import NodeError
 from fanflow.events import ITEM_FINISHED, ITEM_STARTED
-from fanflow.execute.leaf import run_leaf
+from fanflow.execute.leaf import failure_message, run_leaf
 from fanflow.execute.state import RunState
 from fanflow.status import CANCELLED, FAILED, SUCCESS
 
@@ -74,7 +74,7 @@ async def run_batch(rs: RunState, plan: NodePlan, items: list[Any]) -> dict[str,
             except Exception as exc:
                 on_start()  # a template that cannot render fails the item before it starts
                 durations.append(time.perf_counter() - t0)
-                message = _message(exc)
+                message = failure_message(exc)
                 errors.append({"index": i, "item": item, "error": message})
                 if emit is not None:
                     emit(ITEM_FINISHED, plan.id, i, status=FAILED, result=None, error=message,
@@ -116,12 +116,6 @@ async def run_batch(rs: RunState, plan: NodePlan, items: list[Any]) -> dict[str,
             f"every item failed ({n}); first error: {errors[0]['error']}", outputs=outputs
         )
     return outputs
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, templates.MissingValue):
-        return f"cannot resolve a template: {exc}"
-    return str(exc) or type(exc).__name__
 
 
 def _contract(

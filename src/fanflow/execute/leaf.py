@@ -3,7 +3,7 @@
 Per attempt, the leaf first acquires its resource limits (`node:<type>` and the keys its class
 names: `llm:…`, `http:…`), then one slot of the global budget, so it never holds a slot while it
 waits for a resource. It holds neither while it waits to retry. Sync nodes run their lifecycle on
-the run's thread pool; async nodes on the loop.
+the run's thread executor; async nodes on the loop.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from fanflow import templates
 from fanflow.compile.compiled import NodePlan
 from fanflow.events import NODE_RETRY
 from fanflow.execute.state import RunState
@@ -110,6 +111,14 @@ async def _in_slot(
         return None
     finally:
         budget.release()
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a failed node or item reports: the error's text, and for a template with no value
+    the reason it has none."""
+    if isinstance(exc, templates.MissingValue):
+        return f"cannot resolve a template: {exc}"
+    return str(exc) or type(exc).__name__
 
 
 def _sync(node: Any, shared: NodeShared, fallback: Exception | None) -> Any:

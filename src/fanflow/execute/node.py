@@ -16,7 +16,7 @@ from fanflow.compile.compiled import NodePlan
 from fanflow.errors import NodeError
 from fanflow.events import NODE_FINISHED, NODE_STARTED
 from fanflow.execute.batch import coerce_items, run_batch
-from fanflow.execute.leaf import run_leaf
+from fanflow.execute.leaf import failure_message, run_leaf
 from fanflow.execute.state import RunState
 from fanflow.status import CANCELLED, FAILED, RUNNING, SUCCESS
 
@@ -86,9 +86,7 @@ async def run_node(rs: RunState, plan: NodePlan) -> str:
 def _failed(rs: RunState, plan: NodePlan, exc: Exception, duration: float) -> str:
     node_id = plan.id
     record = rs.records[node_id]
-    if isinstance(exc, templates.MissingValue):
-        exc = NodeError(f"cannot resolve a template: {exc}")
-    message = str(exc) or type(exc).__name__
+    message = failure_message(exc)
     partial = exc.outputs if isinstance(exc, NodeError) and exc.outputs else {}
     record.duration_ms = duration * 1000
     record.status, record.error = FAILED, message

@@ -16,7 +16,7 @@ Each step's exits are connected to the next step's entries. A node is its own en
 block's entries are the entries of all its branches and its exits the exits of all its branches; a
 sub-chain's entries are those of its first step and its exits those of its last.
 
-Pure dict → dict: nothing here depends on the pydantic model, so the loader can run it before
+Pure dict → dict: nothing here depends on the IR model, so the loader can run it before
 schema validation and `fanflow plan --normalised` can print its result as it is.
 """
 

@@ -120,6 +120,16 @@ class NullProgress:
         pass
 
 
+def _later(delay: float, callback: Callable[[], None]) -> bool:
+    """Call `callback` after `delay` on the running loop; False when no loop runs here."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    loop.call_later(delay, callback)
+    return True
+
+
 class _Batch:
     __slots__ = ("done", "failed", "last_line", "ok", "retries", "running", "total")
 
@@ -144,13 +154,10 @@ class _LineSink:
         self._buf.append(line)
         if self._scheduled:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if not _later(COALESCE_S, self.flush):
             self.flush()
             return
         self._scheduled = True
-        loop.call_later(COALESCE_S, self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
@@ -355,14 +362,11 @@ class PlainProgress(_ProgressBase):
         self._pending.append(event)
         if self._armed:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if not _later(COALESCE_S, self._tick):
             self.flush()
             return
         self._armed = True
         self.on_event = self._pending.append
-        loop.call_later(COALESCE_S, self._tick)
 
     def _tick(self) -> None:
         """The scheduled flush. Held lines are said once their second is over, even if nothing
@@ -375,13 +379,9 @@ class PlainProgress(_ProgressBase):
             self._say_held()
             self._write()
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover - called from the loop
-            return
-        self._armed = True
-        self.on_event = self._pending.append
-        loop.call_later(min(max(left, COALESCE_S), self.window_s), self._tick)
+        if _later(min(max(left, COALESCE_S), self.window_s), self._tick):
+            self._armed = True
+            self.on_event = self._pending.append
 
     def flush(self) -> None:
         """Read the pending events and write their lines (one write and one flush)."""

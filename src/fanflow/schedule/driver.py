@@ -1,8 +1,8 @@
 """The scheduler's driver: turns readiness steps into work under one asyncio.TaskGroup.
 
-A worker runs a ready component, reports it to the readiness state and carries on with the first
-component that became ready (a chain runs in one task); every other ready component gets a task
-of its own. A loop component runs as a sequential sub-flow: from its entry, follow the edge of
+Ready components wait in a FIFO queue taken by at most `budget` worker tasks (a worker waiting
+for a resource limit does not count): a worker runs a component, reports it to the readiness
+state, queues what became ready and takes the next, so a chain runs in one task. A loop component runs as a sequential sub-flow: from its entry, follow the edge of
 each node's action while it stays inside the loop, at most `max_visits` times per node.
 
 Failure: a node failure under fail-fast raises out of its worker, so the TaskGroup cancels every
