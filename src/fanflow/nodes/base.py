@@ -34,6 +34,16 @@ class Param:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class ParamProblem:
+    """What a node type's `validate_params` hook reports: the message, the param it is about
+    (the validator turns it into the field `nodes[i].params.<param>`) and how to fix it."""
+
+    message: str
+    param: str | None = None
+    hint: str | None = None
+
+
 class Node:
     """Sync node. Subclasses set `type_name`, `params_spec`, `outputs_spec` and override exec."""
 
@@ -63,6 +73,13 @@ class Node:
         one execution. Raises templates.MissingValue when a template has no value."""
         rendered = templates.render(compiled, scope)
         return rendered if isinstance(rendered, dict) else {}
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[str | ParamProblem]:
+        """Static checks of the node's params (as written, templates unparsed), run by
+        `fanflow validate` and before every run. A plain string is a message about the params
+        as a whole."""
+        return []
 
     @classmethod
     def joins_on_first(cls, params: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 from fanflow import templates
 from fanflow.errors import NodeError
-from fanflow.nodes.base import Node, Param, Scope
+from fanflow.nodes.base import Node, Param, ParamProblem, Scope
 
 STRATEGIES = ("object", "list", "concat", "first")
 SOURCES_PARAM = "sources"  # set by render_params, never by the author (not a declared param)
@@ -83,9 +83,9 @@ class MergeNode(Node):
         return params
 
     @classmethod
-    def validate_params(cls, params: dict[str, Any]) -> list[str]:
+    def validate_params(cls, params: dict[str, Any]) -> list[str | ParamProblem]:
         """Static checks the generic param validation cannot express (returns messages)."""
-        problems: list[str] = []
+        problems: list[str | ParamProblem] = []
         strategy = params.get("strategy", "object")
         if strategy not in STRATEGIES:
             problems.append(

@@ -11,6 +11,7 @@ from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.load.model import Workflow
 from fanflow.load.pipeline import map_pipeline_paths
 from fanflow.nodes import registry
+from fanflow.nodes.base import ParamProblem
 
 BATCH_OUTPUTS = ("results", "count", "success_count", "error_count", "errors", "batch_metadata")
 ALWAYS_OUTPUTS = ("error",)  # written when a failure is routed to an `error` edge
@@ -88,8 +89,12 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
                     add(Problem(f"unknown parameter '{key}' for node type '{node.type}'", file,
                                 f"nodes[{i}].params.{key}", node.id,
                                 _hint(key, spec, f"`fanflow nodes {node.type}` lists them")))  # fmt: skip
-            for message in getattr(cls, "validate_params", lambda _p: [])(node.params):
-                add(Problem(message, file, f"nodes[{i}].params", node.id))
+            for found in getattr(cls, "validate_params", lambda _p: [])(node.params):
+                if isinstance(found, ParamProblem):
+                    where = f"nodes[{i}].params" + (f".{found.param}" if found.param else "")
+                    add(Problem(found.message, file, where, node.id, found.hint))
+                else:
+                    add(Problem(str(found), file, f"nodes[{i}].params", node.id))
             for key, param in spec.items():
                 if param.required and key not in node.params:
                     add(Problem(f"missing required parameter '{key}'", file,
