@@ -124,7 +124,6 @@ def test_unknown_strategy_and_bad_inputs_fail_at_run_time():
         ({"inputs": ["${a.x}"], "strategy": "union"}, "unknown merge strategy"),
         ({"inputs": "${a.x}"}, "must be a list of templates"),
         ({"inputs": []}, "is empty"),
-        ({"inputs": ["${a.x}"], "separator": 3}, "'separator' must be a string"),
         ({"inputs": ["${a.x}", "${ a.y }"]}, "two inputs read node 'a'"),
     ],
 )

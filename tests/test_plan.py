@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from click.testing import CliRunner
 
+from conftest import run_cli
 from fanflow.commands.plan import plan as plan_cmd
 from fanflow.compile.compiled import compile_workflow
+from fanflow.compile.graph import build_graph
+from fanflow.load.reader import parse_source
 from fanflow.observe.plan import build_plan, format_plan_json, format_plan_mermaid, format_plan_text
 
 
@@ -128,11 +132,13 @@ def test_implicit_chain_and_sequential_batch_warnings():
 
 
 def test_mermaid_escapes_and_uses_safe_ids():
-    doc = wf([sh("end"), sh("x-y")], edges(("end", "x-y", 'say "hi"')))
+    # A code node: its `next` may be any action (a shell node emits only default and error).
+    end = {"id": "end", "type": "code", "params": {"code": "next = 'say \"hi\"'"}}
+    doc = wf([end, sh("x-y")], edges(("end", "x-y", 'say "hi"')))
     mermaid = format_plan_mermaid(plan_of(doc))
     lines = [ln.strip() for ln in mermaid.splitlines()]
     assert lines[0] == "flowchart TD"
-    assert 'n0["end<br/><small>shell</small>"]' in lines
+    assert 'n0["end<br/><small>code</small>"]' in lines
     assert 'n0 -->|"say #quot;hi#quot;"| n1' in lines
 
 
@@ -223,3 +229,96 @@ def test_plan_json_matches_the_standard_encoder():
         assert format_plan_json(p) == json.dumps(p, indent=2, default=str)
     odd = {"a": {1: [1.5, None, True, ("t",)], "b": {}}, "c": [], "é": 'ü\n"', "d": [[], {}]}
     assert format_plan_json(odd) == json.dumps(odd, indent=2, default=str)
+
+
+# -- missing edges: a read is covered when its source reaches the reader over edges -------------
+
+
+def test_missing_edges_through_a_chain_a_loop_and_not_at_all(tmp_path: Path):
+    doc = wf(
+        [
+            sh("a"),
+            sh("b"),
+            sh("c"),
+            sh("d", "echo ${a.stdout}"),  # a → b → c → d: covered by the chain
+            sh("draft", "echo ${review.result} ${check.stdout}"),  # over the loop: covered
+            sh("check", "echo ${c.stdout}"),  # c → d → draft → check: covered
+            {"id": "review", "type": "code", "params": {"code": "result = 1"}},
+            sh("publish", "echo ${check.stdout} ${a.stdout}"),  # out of the loop: covered
+            sh("side"),  # no edge at all
+            sh("late", "echo ${side.stdout} ${publish.stdout} ${a.stdout}"),
+        ],
+        edges(
+            ("a", "b"), ("b", "c"), ("c", "d"), ("d", "draft"), ("draft", "check"),
+            ("check", "review"), ("review", "draft", "revise"), ("review", "publish"),
+            ("b", "late"),  # covers a
+        ),
+    )  # fmt: skip
+    p = plan_of(doc)
+    assert p["missing_edges"] == [
+        {"node": "late", "reads": "publish"},  # sources sorted by id within a reader
+        {"node": "late", "reads": "side"},
+    ]
+    (path := tmp_path / "wf.json").write_text(json.dumps(doc))
+    res = run_cli("validate", str(path))
+    assert res.code == 0, res.stderr
+    warned = [ln for ln in (res.stdout + res.stderr).splitlines() if "has no edge from" in ln]
+    assert len(warned) == 2
+    assert "'late' reads 'publish'" in warned[0] and "'late' reads 'side'" in warned[1]
+
+
+def test_missing_edges_inside_a_loop_follow_the_loops_own_edges():
+    # x ⇄ y is the loop's edge cycle; z joins the component only through reads, so no edge
+    # reaches z from y, nor x from z; x reads y over the back edge (covered)
+    doc = wf(
+        [sh("x", "echo ${z.stdout} ${y.stdout}"), sh("y"), sh("z", "echo ${y.stdout}")],
+        edges(("x", "y"), ("y", "x", "retry")),
+    )
+    graph = build_graph(parse_source(doc))
+    assert graph.missing_edges() == [("x", "z"), ("z", "y")]
+
+
+def _reference_missing_edges(graph) -> list[tuple[str, str]]:
+    """The obvious definition: a backwards search over edges from every reader."""
+    found = []
+    for node in graph.ids:
+        seen: set[str] = set()
+        stack = [node]
+        while stack:
+            for e in graph.in_edges[stack.pop()]:
+                if e.src not in seen:
+                    seen.add(e.src)
+                    stack.append(e.src)
+        found += [(node, s) for s in sorted(graph.reads[node]) if s not in seen]
+    return found
+
+
+def test_missing_edges_match_a_search_from_every_reader_on_random_graphs():
+    rng = random.Random(11)
+    for _ in range(200):
+        n = rng.randint(2, 14)
+        ids = [f"n{i}" for i in range(n)]
+        pairs = []
+        for _ in range(rng.randint(1, 2 * n)):
+            a, b = rng.sample(range(n), 2)
+            if a < b or rng.random() < 0.3:  # mostly forwards, some back edges (loops)
+                pairs.append((ids[a], ids[b], "default" if a < b else "again"))
+        nodes = []
+        for i, node_id in enumerate(ids):
+            reads = rng.sample(ids[:i] + ids[i + 1 :], rng.randint(0, min(3, n - 1)))
+            nodes.append(sh(node_id, " ".join(f"${{{r}.stdout}}" for r in reads) or "true"))
+        graph = build_graph(parse_source(wf(nodes, edges(*pairs) or edges((ids[0], ids[1])))))
+        assert graph.missing_edges() == _reference_missing_edges(graph)
+
+
+def test_missing_edges_on_a_long_chain_of_loose_reads():
+    # every node reads the one two back, with edges only between neighbours: all covered, and
+    # one node off the chain read by the last one is not (the shape that was quadratic)
+    k = 3000
+    nodes = [code("n0"), code("n1")] + [
+        code(f"n{i}", p=f"${{n{i - 2}.result}}") for i in range(2, k)
+    ]
+    nodes.append(code("off"))
+    nodes[k - 1]["params"]["inputs"]["o"] = "${off.result}"
+    doc = wf(nodes, edges(*((f"n{i - 1}", f"n{i}") for i in range(1, k))))
+    assert build_graph(parse_source(doc)).missing_edges() == [(f"n{k - 1}", "off")]

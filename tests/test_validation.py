@@ -81,7 +81,7 @@ def test_default_edge_cycle_is_invalid_but_action_loop_is_fine(write_wf):
     cyc = wf([shell("a"), shell("b"), shell("c")], [("a", "b"), ("b", "c"), ("c", "a")])
     res = run_cli("validate", str(write_wf(cyc)))
     assert res.code == 2 and "cycle of default edges: a → b → c → a" in res.stderr
-    ok = wf([shell("a"), shell("b")], [("a", "b"), ("b", "a", "retry")])
+    ok = wf([shell("a"), shell("b")], [("a", "b"), ("b", "a", "error")])
     assert run_cli("validate", str(write_wf(ok, "ok.json"))).code == 0
 
 

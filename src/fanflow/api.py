@@ -26,6 +26,7 @@ from fanflow.execute.resume_state import ResumeState
 from fanflow.execute.state import NodeResult, RunState
 from fanflow.execute.threads import ThreadExecutor
 from fanflow.load.model import Workflow
+from fanflow.observe.redact import MASK, Secrets
 from fanflow.schedule.driver import Driver
 from fanflow.status import CANCELLED, FAILED, SUCCESS, Status
 from fanflow.validate.inputs import resolve_inputs
@@ -51,6 +52,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     summary: dict[str, Any] | None = None  # with summary=True (the CLI's end-of-run table)
     summary_text: str | None = None
+    signal: int | None = None  # the signal that cancelled the run (handle_signals=True)
 
     @property
     def ok(self) -> bool:
@@ -142,11 +144,14 @@ async def run_async(
       workflow's `limits` and the FANFLOW_LIMITS environment variable.
     - `store`: a run store (a runs.db path, its folder, or a RunStore) to checkpoint into
       (`checkpoint=False`: only read it, to resume); `resume`: a stored run id, a unique prefix or "last" (needs `store`), or a ResumeState.
-      With `resume` and no `inputs`, the stored run's inputs are reused.
+      With `resume`, the stored run's inputs fill in those not given (secret inputs are not
+      stored: give them again, or set FANFLOW_SECRET_<NAME>).
     - `trace` / `timeline`: write a Chrome trace / an HTML timeline of the run.
     - `progress`: a stream for progress lines (a TTY gets a live display);
       `summary`: fill `RunResult.summary` (per-node times, critical path).
-    - `handle_signals`: SIGINT cancels the run (status cancelled, exit code 130 in the CLI).
+    - `handle_signals`: SIGINT, SIGTERM or SIGHUP cancels the run (status cancelled,
+      `RunResult.signal` set; the CLI exits 128 + the signal's number: 130, 143, 129); a second
+      signal ends the process at once (docs/durable-runs.md, "Signals and process lifetime").
 
     Raises WorkflowInvalid (exit code 2) before any node runs when the workflow, the inputs or
     the environment are invalid; otherwise returns a RunResult. An exception that is not a node
@@ -161,9 +166,14 @@ async def run_async(
         if run_store is None:
             raise WorkflowInvalid([Problem("resume needs a run store", field="store",
                                            hint="pass store= (the CLI's --store)")])  # fmt: skip
-        if inputs is None:  # resuming alone continues with the stored run's inputs
-            raw, inputs_from_text = _stored_inputs(run_store, resume, compiled), False
+        # a resume continues with the stored run's inputs; those given now override them
+        stored = _stored_inputs(run_store, resume, compiled)
+        if inputs is None:
+            raw, inputs_from_text = stored, False
+        else:
+            raw = {**stored, **raw}
     values = resolve_inputs(compiled.workflow, raw, from_text=inputs_from_text)
+    secrets = Secrets.of(compiled.workflow, values)  # None (nothing to mask) unless secret inputs
     if isinstance(resume, str):
         from fanflow.store.resume import describe_plan, plan_resume
 
@@ -199,8 +209,10 @@ async def run_async(
 
         all_listeners.append(CheckpointWriter(run_store, workflow=compiled,
                                               workflow_path=compiled.source, inputs=values,
-                                              resume=state, run_id=run_id))  # fmt: skip
+                                              resume=state, run_id=run_id, secrets=secrets))  # fmt: skip
     all_listeners += listeners
+    if secrets is not None and all_listeners:  # every listener sees masked events
+        all_listeners = [secrets.listener(all_listeners)]
 
     result = await _execute(compiled, values, all_listeners, state, run_id, max_concurrent,
                             limits, handle_signals)  # fmt: skip
@@ -216,6 +228,8 @@ async def run_async(
 
         result.summary = collector.summary()
         result.summary_text = format_summary(result.summary)
+    if secrets is not None:
+        secrets.result(result)
     return result
 
 
@@ -243,30 +257,75 @@ async def _execute(
             ctx.limits = LimitRegistry(merge_limits(sections, limit_specs, os.environ)) or None
         rs = RunState(compiled, values, ctx, Budget(budget), resume)
         driver = Driver(rs)
-        if handle_signals:
-            loop.add_signal_handler(signal.SIGINT, driver.interrupt)
+        signals = _Signals(loop, driver) if handle_signals else None
         started = time.perf_counter()
         graph = compiled.graph
         if bus.listeners:
             bus.emit(
                 ev.RUN_STARTED, run_id=run_id, workflow=compiled.label, inputs=values,
                 nodes=graph.ids, wall_start=time.time(), max_concurrent=budget,
-                deps={i: sorted(graph.deps[i]) for i in graph.ids},
+                deps=graph.deps,  # read-only: listeners copy what they keep
                 batch_nodes=[n for n, p in compiled.nodes.items() if p.batch is not None],
             )  # fmt: skip
         try:
+            if signals is not None:
+                signals.install()
             await driver.run()
         finally:
-            if handle_signals:
-                loop.remove_signal_handler(signal.SIGINT)
+            if signals is not None:
+                signals.driver = None  # the run is over: a signal now cancels nothing
             await ctx.aclose()
             threads.shutdown()
+            if signals is not None:
+                signals.restore()
         result = _result(rs, driver, run_id, time.perf_counter() - started)
+        if driver.interrupted and signals is not None and signals.received is not None:
+            result.signal = signals.received
+            result.error = f"interrupted by {signal.Signals(signals.received).name}"
         bus.emit(ev.RUN_FINISHED, status=result.status, outputs=result.outputs, error=result.error,
                  failed_node=result.failed_node, duration_ms=result.duration_ms)  # fmt: skip
     finally:
         bus.close()  # listeners flush (checkpoints, trace) even if the run itself raised
     return result
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Signals:
+    """`handle_signals`: the first SIGINT, SIGTERM or SIGHUP cancels the run as fail-fast does
+    (every subprocess group killed, the run recorded as cancelled); a signal ignored when the
+    run starts (`nohup`) stays ignored. Any signal after the first takes its default action at
+    once: the process ends by that signal (a shell shows the same 128 + n) and the supervisor
+    kills the children (execute/children.py). The handlers found are put back when the run ends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, driver: Driver) -> None:
+        self.loop = loop
+        self.driver: Driver | None = driver
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) == signal.SIG_IGN:  # `nohup fanflow …`: stays ignored
+                continue
+            self._previous[sig] = signal.getsignal(sig)
+            self.loop.add_signal_handler(sig, self._first, sig)
+
+    def _first(self, sig: int) -> None:
+        if self.received is not None:
+            return
+        self.received = sig
+        for other in self._previous:  # a second signal must not wait for a graceful shutdown
+            self.loop.remove_signal_handler(other)
+            signal.signal(other, signal.SIG_DFL)
+        if self.driver is not None:
+            self.driver.interrupt()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            self.loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def preflight(compiled: CompiledWorkflow) -> None:
@@ -326,7 +385,8 @@ def _stored_inputs(store: RunStore, ref: str, compiled: CompiledWorkflow) -> dic
     from fanflow.store.runs import workflow_name
 
     name = workflow_name(compiled.source, compiled.workflow) if ref.strip() == "last" else None
-    return dict(store.get_run(ref, workflow=name).inputs or {})
+    stored = store.get_run(ref, workflow=name).inputs or {}
+    return {k: v for k, v in stored.items() if v != MASK}  # masked: a secret, given again
 
 
 def _new_run_id() -> str:

@@ -444,7 +444,9 @@ Always run `fanflow validate` after writing a workflow and fix every problem it 
 - `id`: letters, digits, `_` or `-`, starting with a letter or `_`; unique; not an input name.
 - Inputs are given on the command line as `name=value`; types: string, number, integer,
   boolean, array, object (JSON text for the last two), any. An input with a `"default"` is
-  optional; without one it is required unless `"required": false`.
+  optional; without one it is required unless `"required": false`. `"secret": true` (API keys,
+  tokens) masks its value as `***` in everything fanflow stores or prints; it may also be given
+  as the environment variable `FANFLOW_SECRET_<NAME>`.
 - Optional top level: `limits`, `max_concurrent`, `on_error`, `max_visits` (loop bound, 100),
   `start_node`, `name`. Unknown keys are errors.
 - Instead of `nodes` + `edges` you may write a `pipeline` (see "Pipeline form").
@@ -459,14 +461,20 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
 ## Templates
 
 - `${name}` is a workflow input; `${node.key}` is an output of node `node`;
-  paths go deeper: `${fetch.response.items[0].title}`.
+  paths go deeper: `${fetch.response.items[0].title}`. `[-1]` is the last item; a key with
+  dots, spaces or a leading digit is written `["key.name"]` or `['key name']`.
+- A path step reads an object key, a list index, or into JSON text; nothing else (no
+  attributes, no characters of plain text). A step that finds nothing fails the node with
+  "no value at 'key'" and what was there instead.
 - A string that is exactly one template keeps the value's type (list, object, number):
   `"items": "${find.result}"` passes a real list. Templates inside longer text render as text
   (objects and lists as JSON).
-- If a text output holds JSON (e.g. a shell command printing JSON), you can index into it:
-  `${probe.stdout.version}`.
+- If a text output holds a JSON list or object (e.g. a shell command printing JSON; whitespace
+  and newlines around it are fine), you can index into it: `${probe.stdout.version}`.
 - Fallbacks: `${a.response ?? b.response ?? "none"}` takes the first that has a value.
-- `$${` writes a literal `${`.
+- `$${` writes a literal `${`. Use it for shell variables and parameter expansions, which
+  fanflow would otherwise read as templates: `for f in *.txt; do wc -l $${f}; done` (or `$f`),
+  `$${HOME:-/tmp}`.
 - In shell commands, template values are passed as data, never code: quotes, `;`, `$(...)` in
   a value execute nothing. Write `echo "Hello ${user}"` as you would expect.
 - Inside a batch: `${item}` (or the name you give in `as`) and `${__index__}` (0-based).

@@ -25,6 +25,7 @@ from fanflow.errors import EXIT_INVALID, EXIT_RUN_FAILED
 def nodes(name: str | None, output_format: str) -> None:
     """List node types, or describe the node type NAME."""
     from fanflow import guide
+    from fanflow.cli import CommandFailed
 
     if name is None:
         rows = guide.node_summaries()
@@ -43,12 +44,11 @@ def nodes(name: str | None, output_format: str) -> None:
     except KeyError:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f" — did you mean '{close[0]}'?" if close else ""
-        click.echo(f"error: unknown node type '{name}'{hint}", err=True)
-        click.echo(f"known types: {', '.join(known)}", err=True)
-        raise click.exceptions.Exit(EXIT_INVALID) from None
+        raise CommandFailed(f"unknown node type '{name}'{hint}", EXIT_INVALID,
+                            hint=f"known types: {', '.join(known)}") from None  # fmt: skip
     except Exception as exc:  # the type exists but its module fails to import
-        click.echo(f"error: node type '{name}' cannot be loaded: {exc}", err=True)
-        raise click.exceptions.Exit(EXIT_RUN_FAILED) from None
+        message = f"node type '{name}' cannot be loaded: {exc}"
+        raise CommandFailed(message, EXIT_RUN_FAILED) from None
     if output_format == "json":
         click.echo(json.dumps(guide.node_info(name, cls), indent=2, default=str))
     else:

@@ -11,6 +11,7 @@ import click
 @click.argument("workflow", type=click.Path(dir_okay=False))
 @click.option(
     "--format",
+    "--output-format",
     "fmt",
     type=click.Choice(["text", "json", "mermaid"]),
     default="text",
@@ -24,6 +25,13 @@ import click
 )
 def plan(workflow: str, fmt: str, normalised: bool) -> None:
     """Show what can run in parallel: dependency levels, fan-outs, joins, branches, loops."""
+    from fanflow.commands._gc_pause import gc_paused
+
+    with gc_paused():
+        _plan(workflow, fmt, normalised)
+
+
+def _plan(workflow: str, fmt: str, normalised: bool) -> None:
     from fanflow.cli import fail
     from fanflow.compile.compiled import compile_workflow
     from fanflow.errors import FanflowError

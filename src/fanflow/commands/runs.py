@@ -14,7 +14,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -50,9 +50,10 @@ def _open(ctx: click.Context, store_path: Path | None) -> Any:
         _fail(str(exc), 1)
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(code)
+def _fail(message: str, code: int) -> NoReturn:
+    from fanflow.cli import CommandFailed
+
+    raise CommandFailed(message, code)  # the CLI reports it (JSON with --output-format json)
 
 
 def _when(epoch: float | None) -> str:

@@ -20,6 +20,7 @@ from fanflow.execute.retry import NO_RETRY, RetryPolicy
 from fanflow.load.model import BatchSpec, Workflow
 from fanflow.nodes import registry
 from fanflow.nodes.base import AsyncNode, Node, Scope, is_async_node
+from fanflow.validate.params import checked_render
 
 Render = Callable[[Any, Scope], dict[str, Any]]
 
@@ -85,6 +86,7 @@ def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> Compil
         params = graph.params[spec.id]
         render = getattr(cls, "render_params", None) or _default_render
         own_render = getattr(render, "__func__", None) is not _NODE_RENDER
+        render = checked_render(cls, render, params)  # typed params holding a template
         joins = getattr(cls, "joins_on_first", None)
         plans[spec.id] = NodePlan(
             id=spec.id,

@@ -7,8 +7,10 @@ of components is a DAG, which the scheduler runs as dataflow.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from fanflow import templates
@@ -51,33 +53,101 @@ class Graph:
     deps: dict[str, set[str]]  # node id → upstream node ids (edges ∪ reads)
     components: list[Component]
     comp_of: dict[str, int]
-    implicit_chain: bool  # no edges in the document: array order
+    implicit_chain: bool  # no edges in the document: a chain in data order (data_order)
     static_params: set[str] = field(default_factory=set)  # nodes whose params hold no template
 
     def missing_edges(self) -> list[tuple[str, str]]:
-        """(reader, source) pairs where a node reads another's output without an edge path.
+        """(reader, source) pairs where a node reads another's output without an edge path:
+        readers in document order, each one's sources by id. Worked out once per graph.
 
-        Only readers with a read that no direct edge covers are searched, once each, backwards
-        over edges: a join reading 10,000 branches it has edges from costs nothing."""
-        found = []
+        Only reads that no direct edge covers (loose reads) are looked at. One pass over the
+        components in topological order keeps, per node, the loose sources that reach it over
+        edges as a bitset (a Python int): the OR of its edge predecessors' sets and bits, for
+        the nodes the loose sources reach only. Linear when nothing reads loosely (a join with
+        an edge from each of 10,000 branches costs nothing); at worst n²/64 machine words of
+        ORs, and a node's set is dropped once its last out edge has been followed (a 10,000
+        chain where each node reads two back: tens of milliseconds)."""
+        return list(self._missing_edges)
+
+    @cached_property
+    def loose_reads(self) -> dict[str, list[str]]:
+        """Reader → the nodes it reads that no direct edge comes from, by id (readers with
+        such reads only, in document order). Worked out once per graph."""
+        loose: dict[str, list[str]] = {}
         for node in self.ids:
-            direct = {e.src for e in self.in_edges[node]}
-            loose = sorted(r for r in self.reads[node] if r not in direct)
-            if not loose:
+            reads = self.reads[node]
+            if not reads:
                 continue
-            upstream = self._edge_ancestors(node)
-            found += [(node, src) for src in loose if src not in upstream]
-        return found
+            direct = {e.src for e in self.in_edges[node]}
+            srcs = [r for r in reads if r not in direct]
+            if srcs:
+                loose[node] = sorted(srcs)
+        return loose
 
-    def _edge_ancestors(self, node: str) -> set[str]:
-        seen: set[str] = set()
-        stack = [node]
+    @cached_property
+    def _missing_edges(self) -> tuple[tuple[str, str], ...]:
+        loose = self.loose_reads
+        if not loose:
+            return ()
+        # Only a loose source with an out edge can reach a reader: each gets a bit, numbered
+        # in topological order (sets stay short), and only what they reach carries a set.
+        origins = {s for srcs in loose.values() for s in srcs if self.out_edges[s]}
+        down = self._edge_descendants(origins)
+        last = max(self.comp_of[r] for r in loose)
+        pos: dict[str, int] = {}
+        for comp in self.components[: last + 1]:
+            for n in comp.nodes:
+                if n in origins:
+                    pos[n] = len(pos)
+        reach: dict[str, int] = {}  # node in `down` → bits of the origins with a path to it
+        left = {n: len(self.out_edges[n]) for n in down}  # out edges not yet followed
+        found: dict[str, list[str]] = {}
+        for comp in self.components[: last + 1]:
+            for group in self._edge_cycles(comp):
+                got = 0
+                if group[0] in down:  # else nothing reaches it (nor the rest of its cycle)
+                    for n in group:
+                        got |= 1 << pos[n] if n in pos else 0
+                        for e in self.in_edges[n]:
+                            if e.src in reach:
+                                got |= reach[e.src]
+                    for n in group:  # an edge cycle: all members reach all members
+                        reach[n] = got
+                for n in group:
+                    if n in loose:
+                        missing = [s for s in loose[n] if s not in pos or not got >> pos[s] & 1]
+                        if missing:
+                            found[n] = missing
+                    if n in reach:
+                        for e in self.in_edges[n]:
+                            if e.src in reach:
+                                left[e.src] -= 1
+                                if left[e.src] == 0:
+                                    del reach[e.src]
+                        if left[n] == 0:
+                            del reach[n]
+        return tuple((n, s) for n in self.ids if n in found for s in found[n])
+
+    def _edge_descendants(self, sources: set[str]) -> set[str]:
+        seen = set(sources)
+        stack = list(sources)
         while stack:
-            for e in self.in_edges[stack.pop()]:
-                if e.src not in seen:
-                    seen.add(e.src)
-                    stack.append(e.src)
+            for e in self.out_edges[stack.pop()]:
+                if e.dst not in seen:
+                    seen.add(e.dst)
+                    stack.append(e.dst)
         return seen
+
+    def _edge_cycles(self, comp: Component) -> list[list[str]]:
+        """A component's nodes grouped into the cycles of its own edges, in topological order
+        of those edges (a loop's members are strongly connected through edges and reads
+        together, and only edges make a path). A single node: itself."""
+        if not comp.is_loop:
+            return [comp.nodes]
+        members = set(comp.nodes)
+        inner = {n: {e.src for e in self.in_edges[n] if e.src in members} for n in comp.nodes}
+        cycles, _ = _components(comp.nodes, inner, None, self.in_edges)
+        return [c.nodes for c in cycles]
 
 
 def batch_alias(spec: NodeSpec) -> str | None:
@@ -101,18 +171,6 @@ def build_graph(
         }
     batch_items = {n.id: batch_items[n.id] for n in workflow.nodes if n.batch is not None}
 
-    implicit_chain = not workflow.edges and workflow._pipeline_paths is None
-    if implicit_chain:
-        edges = [Edge(a, b) for a, b in itertools.pairwise(ids)]
-    else:
-        edges = [Edge(e.from_, e.to, e.action) for e in workflow.edges]
-    out_edges: dict[str, list[Edge]] = {i: [] for i in ids}
-    in_edges: dict[str, list[Edge]] = {i: [] for i in ids}
-    for e in edges:
-        if e.src in out_edges and e.dst in in_edges:
-            out_edges[e.src].append(e)
-            in_edges[e.dst].append(e)
-
     reads: dict[str, set[str]] = {}
     for node in workflow.nodes:
         local = {batch_alias(node), *BATCH_VARS} if node.batch else set()
@@ -122,6 +180,20 @@ def build_graph(
                 if ref.root in specs and ref.root != node.id and ref.root not in local:
                     found.add(ref.root)
         reads[node.id] = found
+
+    implicit_chain = not workflow.edges and workflow._pipeline_paths is None
+    if implicit_chain:
+        order = data_order(ids, reads, workflow.start_node)
+        edges = [Edge(a, b) for a, b in itertools.pairwise(order)]
+    else:
+        edges = [Edge(e.from_, e.to, e.action) for e in workflow.edges]
+    out_edges: dict[str, list[Edge]] = {i: [] for i in ids}
+    in_edges: dict[str, list[Edge]] = {i: [] for i in ids}
+    for e in edges:
+        if e.src in out_edges and e.dst in in_edges:
+            out_edges[e.src].append(e)
+            in_edges[e.dst].append(e)
+
     deps = {i: {e.src for e in in_edges[i]} | reads[i] for i in ids}
 
     comps, comp_of = _components(ids, deps, workflow.start_node, in_edges)
@@ -136,6 +208,31 @@ def build_graph(
         ids, specs, params, batch_items, edges, out_edges, in_edges, reads, deps,
         comps, comp_of, implicit_chain, static,
     )  # fmt: skip
+
+
+def data_order(ids: list[str], reads: dict[str, set[str]], start: str | None) -> list[str]:
+    """The order of a workflow without edges: array order, except that a node runs after every
+    node it reads (a stable topological sort: of the nodes whose reads have run, the first in
+    the array goes next), and `start` first when it reads nothing. Nodes in a cycle of reads,
+    and those that read them, are left out: they get no chain edge, and validation reports the
+    cycle."""
+    position = {n: i for i, n in enumerate(ids)}
+    waiting = {n: len(reads[n]) for n in ids}
+    readers: dict[str, list[str]] = {n: [] for n in ids}
+    for n in ids:
+        for r in reads[n]:
+            readers[r].append(n)
+    ready = [(-1 if n == start else position[n], n) for n in ids if not waiting[n]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, n = heapq.heappop(ready)
+        order.append(n)
+        for reader in readers[n]:
+            waiting[reader] -= 1
+            if not waiting[reader]:
+                heapq.heappush(ready, (position[reader], reader))
+    return order
 
 
 def _components(

@@ -9,7 +9,6 @@ way a batch whose every item failed is a failed node.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -147,12 +146,18 @@ def _contract(
 
 
 def coerce_items(node_id: str, value: Any) -> list[Any]:
-    """Items must be a list; JSON text holding a list (e.g. shell stdout) is accepted."""
+    """Items must be a list; JSON text holding a list (e.g. shell stdout) is accepted, recognised
+    as template path steps recognise it (`templates.json_text`)."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
-            pass
+            decoded = templates.json_text(value)
+        except ValueError as exc:
+            raise NodeError(
+                f"batch items of node '{node_id}' are text that looks like JSON but does not"
+                f" parse ({exc}), expected a list; print a JSON array, e.g. with `jq -c`"
+            ) from None
+        if decoded is not None:
+            value = decoded
     if isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, list):

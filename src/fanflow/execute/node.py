@@ -18,7 +18,7 @@ from fanflow.events import NODE_FINISHED, NODE_STARTED
 from fanflow.execute.batch import coerce_items, run_batch
 from fanflow.execute.leaf import failure_message, run_leaf
 from fanflow.execute.state import RunState
-from fanflow.status import CANCELLED, FAILED, RUNNING, SUCCESS
+from fanflow.status import CANCELLED, FAILED, SUCCESS
 
 
 class NodeFailed(Exception):
@@ -44,7 +44,7 @@ async def run_node(rs: RunState, plan: NodePlan) -> str:
                  outputs=done.outputs, error=None, attempts=0, resumed=True)  # fmt: skip
         return done.action
 
-    record.status = RUNNING
+    record.begin()  # a later loop visit starts clean
     t0 = 0.0
 
     def on_start() -> None:  # the node's work starts: it holds its slot (or, a batch, begins)

@@ -16,7 +16,7 @@ from fanflow.events import EventBus
 from fanflow.execute.budget import Budget
 from fanflow.execute.context import RunContext
 from fanflow.execute.resume_state import ResumeState
-from fanflow.status import PENDING, Status
+from fanflow.status import PENDING, RUNNING, Status
 
 
 @dataclass(slots=True)
@@ -29,6 +29,11 @@ class NodeResult:
     error: str | None = None
     attempts: int = 0
     handled: bool = False  # failed, and an `error` edge took the failure
+
+    def begin(self) -> None:
+        """A run of the node starts (a loop runs a node again): nothing an earlier visit left
+        (its error, that an error edge handled it, its action) describes this one."""
+        self.status, self.error, self.handled, self.action = RUNNING, None, False, None
 
 
 def _nothing() -> None:

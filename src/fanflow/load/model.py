@@ -107,10 +107,15 @@ def field_path(loc: tuple[str | int, ...]) -> str:
 
 @dataclass(kw_only=True)
 class InputSpec(Model):
+    """A workflow input. `secret`: its value is masked (***) in everything fanflow stores or
+    prints (run store, trace, timeline, progress, output); it may also come from the environment
+    variable FANFLOW_SECRET_<NAME>, and a resume needs it again (see docs/observability.md)."""
+
     type: InputType = "string"
     required: bool = True
     default: Any = None
     description: str = ""
+    secret: bool = False
 
 
 @dataclass(kw_only=True)

@@ -30,8 +30,11 @@ class Param:
 
     type: str = "string"  # string|number|integer|boolean|object|array|any
     required: bool = False
-    default: Any = None
+    default: Any = None  # documents the default; null given for an optional param means it too
     description: str = ""
+    items: tuple[str, ...] = ()  # object/array: the types its values may have (empty: any)
+    gt: float | None = None  # number/integer: the value must be greater than this
+    ge: float | None = None  # number/integer: … greater than or equal to this
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ class Node:
     # Default engine retry policy for this type: attempts (1 = no retry) and whether only
     # transient NodeErrors (retryable=True) are retried. Overridden by a node's `retry` config.
     default_attempts: ClassVar[int] = 1
+    # The actions `post` can return; None means any (code's `next`, user nodes). The engine adds
+    # `error` for every node, when an `error` edge takes a failure. An edge on any other action
+    # is a validation error.
+    actions: ClassVar[tuple[str, ...] | None] = None
 
     ctx: RunContext
     node_id: str

@@ -1,13 +1,28 @@
-"""code: inline Python. `inputs` are bound as variables; `result` is the output; `next` is the action."""
+"""code: inline Python. `inputs` are bound as variables; `result` is the output; `next` is the action.
+
+The code runs in-process on a worker thread (docs/code-node.md). Everything it can do to end
+itself belongs to the node, never to fanflow: `exit(0)` / `sys.exit()` end it normally, a non-zero
+or message exit, an exception, `KeyboardInterrupt` fail it. What it prints is its `stdout` /
+`stderr` output; stdin is empty. It is interruptible: its `timeout` and the run's cancellation
+stop a pure-Python loop at its next bytecode (fanflow.execute.threads).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import builtins
+from types import CodeType, TracebackType
+from typing import Any, NoReturn
 
+from fanflow import templates
 from fanflow.errors import NodeError
-from fanflow.nodes.base import Node, Param
+from fanflow.execute import threads
+from fanflow.nodes import capture
+from fanflow.nodes.base import Node, Param, ParamProblem
 
-_compiled: dict[str, Any] = {}
+DEFAULT_TIMEOUT = 30.0  # seconds, as pflow's code node
+_FILENAME = "<code>"
+_CACHE_SIZE = 4096  # compiled sources kept (a long-lived host must not grow without bound)
+_compiled: dict[str, CodeType] = {}
 
 
 class CodeNode(Node):
@@ -16,26 +31,151 @@ class CodeNode(Node):
     params_spec = {
         "code": Param("string", True, description="Python source; inputs are bound as variables"),
         "inputs": Param("object", default={}, description="{name: value or ${template}}"),
+        "timeout": Param("number", default=DEFAULT_TIMEOUT, gt=0,
+                         description="seconds before the code is stopped (default 30)"),
+    }  # fmt: skip
+    outputs_spec = {
+        "result": "the value the code assigned to `result`",
+        "stdout": "what the code printed, one trailing newline stripped",
+        "stderr": "what the code wrote to sys.stderr",
     }
-    outputs_spec = {"result": "the value the code assigned to `result`"}
+    actions = None  # any: the code's `next`
+
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[str | ParamProblem]:
+        """A syntax error is a validation error. Code holding a `${…}` template is source
+        known only at run time: it is compiled then."""
+        source = params.get("code")
+        if not isinstance(source, str):
+            return []  # the generic type check reports it
+        try:
+            parsed = templates.parse(source)
+        except templates.TemplateSyntaxError:
+            return []  # reported by the template checks
+        if not isinstance(parsed, str):
+            return []
+        try:
+            _compile(parsed)
+        except SyntaxError as exc:
+            return [ParamProblem(_syntax_message(exc), "code", _syntax_hint(parsed, exc))]
+        return []
 
     def exec(self, prep_res: Any) -> tuple[dict[str, Any], str | None]:
-        source = self.params["code"]
-        code = _compiled.get(source)
-        if code is None:
-            try:
-                code = _compiled[source] = compile(source, f"<code node {self.node_id}>", "exec")
-            except SyntaxError as exc:
-                raise NodeError(f"syntax error in code, line {exc.lineno}: {exc.msg}") from None
-        namespace: dict[str, Any] = dict(self.params.get("inputs") or {})
+        p = self.params
+        source = p["code"]
+        if not isinstance(source, str):
+            raise NodeError(f"`code` must be a string, not {type(source).__name__}")
         try:
-            exec(code, namespace)  # inline Python is the node's purpose
-        except Exception as exc:
-            raise NodeError(f"{type(exc).__name__}: {exc}") from None
-        action = str(namespace["next"]) if "next" in namespace else None
-        return {"result": namespace.get("result")}, action
+            code = _compile(source)
+        except SyntaxError as exc:  # only code rendered from a template gets here
+            raise NodeError(_syntax_message(exc)) from None
+        namespace: dict[str, Any] = dict(p.get("inputs") or {})
+        namespace["__builtins__"] = _builtins()
+        timeout = p.get("timeout")
+        timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        capture.begin()
+        try:
+            stopped = _run(code, namespace, timeout)
+        finally:
+            stdout, stderr = capture.end()
+        outputs = {"result": namespace.get("result"), "stdout": stdout.removesuffix("\n"),
+                   "stderr": stderr}  # fmt: skip
+        failure = _failure(stopped)
+        if failure is not None:
+            raise NodeError(failure, outputs=outputs, retryable=isinstance(stopped, NodeError))
+        action = namespace.get("next")
+        if action is not None and not isinstance(action, str):
+            raise NodeError(
+                f"`next` must be a string naming an action, not {type(action).__name__}",
+                outputs=outputs,
+            )
+        return outputs, action
 
     def post(self, shared: Any, prep_res: Any, exec_res: Any) -> str | None:
         outputs, action = exec_res
         shared.update(outputs)
         return action
+
+
+def _run(code: CodeType, namespace: dict[str, Any], timeout: float) -> BaseException | None:
+    """Run the code; whatever ended it early, or None. Only the user's code is interruptible."""
+    try:
+        threads.run_interruptible(exec, code, namespace, timeout=timeout)
+    except threads.JobCancelled:
+        raise  # the run stopped waiting for this node: nothing to report
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt and the rest are the node's
+        return exc
+    return None
+
+
+def _failure(exc: BaseException | None) -> str | None:
+    """The node's failure message for what ended the code, None when it ended normally."""
+    if exc is None:
+        return None
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None or code == 0 or code is False:
+            return None
+        if isinstance(code, int):
+            return f"exit code {code}"
+        return str(code) or "exit code 1"
+    if isinstance(exc, NodeError):  # the timeout
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    line = _user_line(exc.__traceback__)
+    return f"{text} (line {line})" if line is not None else text
+
+
+def _user_line(tb: TracebackType | None) -> int | None:
+    """The line of the node's code where an exception was raised (the innermost such frame)."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == _FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _compile(source: str) -> CodeType:
+    code = _compiled.get(source)
+    if code is None:
+        code = compile(source, _FILENAME, "exec")
+        if len(_compiled) >= _CACHE_SIZE:
+            _compiled.clear()
+        _compiled[source] = code
+    return code
+
+
+def _syntax_message(exc: SyntaxError) -> str:
+    return f"syntax error in code, line {exc.lineno}: {exc.msg}"
+
+
+def _syntax_hint(source: str, exc: SyntaxError) -> str | None:
+    lines = source.splitlines()
+    if exc.lineno is None or not 0 < exc.lineno <= len(lines):
+        return None
+    return f"line {exc.lineno} is: {lines[exc.lineno - 1].strip()[:120]}"
+
+
+# --- the builtins a code node sees ---------------------------------------------------------
+
+
+def _exit(code: object = None) -> NoReturn:
+    """exit() / quit() in a code node: end the node. (site's versions close sys.stdin first.)"""
+    raise SystemExit(code)
+
+
+def _input(prompt: object = "") -> NoReturn:
+    raise EOFError("input(): a code node has no stdin; pass values through its `inputs`")
+
+
+_own_builtins: dict[str, Any] = {}
+
+
+def _builtins() -> dict[str, Any]:
+    """The builtins with exit, quit and input replaced; rebuilt if something added builtins."""
+    global _own_builtins
+    real = builtins.__dict__
+    if len(_own_builtins) != len(real) + (0 if "exit" in real else 2):
+        _own_builtins = {**real, "exit": _exit, "quit": _exit, "input": _input}
+    return _own_builtins

@@ -18,6 +18,7 @@ class ReadFileNode(Node):
         "encoding": Param("string", default="utf-8", description="text encoding"),
     }
     outputs_spec = {"content": "the file's text", "file_path": "the path read"}
+    actions = ("default", "error")
 
     def exec(self, prep_res: Any) -> dict[str, Any]:
         path = Path(self.params["file_path"])
@@ -38,6 +39,7 @@ class WriteFileNode(Node):
         "encoding": Param("string", default="utf-8", description="text encoding"),
     }
     outputs_spec = {"written": "number of characters written", "file_path": "the path written"}
+    actions = ("default", "error")
 
     def exec(self, prep_res: Any) -> dict[str, Any]:
         path = Path(self.params["file_path"])

@@ -44,11 +44,14 @@ class HttpNode(AsyncNode):
     params_spec: ClassVar[dict[str, Param]] = {
         "url": Param("string", required=True, description="absolute http(s) URL"),
         "method": Param("string", default="GET", description="GET, POST, PUT, PATCH, DELETE..."),
-        "headers": Param("object", default=None, description="request headers"),
+        "headers": Param(
+            "object", default=None, description="request headers", items=("string", "number")
+        ),
         "params": Param("object", default=None, description="query-string parameters"),
         "body": Param("any", default=None, description="object/array → JSON; string → raw body"),
-        "timeout": Param("number", default=30, description="seconds for the whole request"),
+        "timeout": Param("number", default=30, description="seconds for the whole request", gt=0),
     }
+    actions: ClassVar[tuple[str, ...] | None] = ("default", "error")
     outputs_spec: ClassVar[dict[str, str]] = {
         "response": "JSON-decoded body when the response is JSON, else text",
         "status_code": "integer",

@@ -29,10 +29,11 @@ class LlmNode(AsyncNode):
             description="e.g. gpt-4o-mini, openai/<m>, anthropic/<m>, claude-*; "
             "default $FANFLOW_LLM_MODEL or gpt-4o-mini",
         ),
-        "temperature": Param("number", default=None, description="sampling temperature"),
-        "max_tokens": Param("integer", default=None, description="maximum output tokens"),
-        "timeout": Param("number", default=DEFAULT_TIMEOUT, description="seconds per call"),
+        "temperature": Param("number", default=None, description="sampling temperature", ge=0),
+        "max_tokens": Param("integer", default=None, description="maximum output tokens", ge=1),
+        "timeout": Param("number", default=DEFAULT_TIMEOUT, description="seconds per call", gt=0),
     }
+    actions: ClassVar[tuple[str, ...] | None] = ("default", "error")
     outputs_spec: ClassVar[dict[str, str]] = {
         "response": "the model's text",
         "llm_usage": "{model, input_tokens, output_tokens, total_tokens}",

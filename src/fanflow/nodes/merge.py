@@ -56,6 +56,7 @@ class MergeNode(Node):
         "result": "the merged value (object, list, text, or the winning value for first)",
         "winner": "first only: the id of the node whose value won",
     }
+    actions = ("default", "error")
 
     @classmethod
     def joins_on_first(cls, params: dict[str, Any]) -> bool:
@@ -107,10 +108,7 @@ class MergeNode(Node):
                     )
                 elif match:
                     seen.add(match.group(1))
-        separator = params.get("separator", "\n")
-        if not isinstance(separator, str):
-            problems.append("merge 'separator' must be a string")
-        return problems
+        return problems  # `separator` is typed in params_spec
 
     def exec(self, prep_res: Any) -> dict[str, Any]:
         params = prep_res if isinstance(prep_res, dict) else self.params

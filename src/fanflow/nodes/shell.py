@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 from typing import Any
 
 from fanflow import templates
 from fanflow.errors import NodeError
-from fanflow.nodes.base import AsyncNode, Param, Scope
+from fanflow.execute import children
+from fanflow.nodes import shell_syntax
+from fanflow.nodes.base import AsyncNode, Param, ParamProblem, Scope
 
 KILL_GRACE_SECONDS = 2.0
+VALUE_PREFIX = "FANFLOW_VALUE_"  # the variables that carry template values into the command
 
 
 class ShellNode(AsyncNode):
@@ -23,10 +24,11 @@ class ShellNode(AsyncNode):
         "command": Param("string", True, description="the command line, run by bash -c"),
         "stdin": Param("any", description="text fed to stdin (dicts/lists as JSON)"),
         "cwd": Param("string", description="working directory"),
-        "env": Param("object", description="extra environment variables"),
-        "timeout": Param("number", default=None, description="seconds before the command is killed"),
+        "env": Param("object", description="extra environment variables", items=("string", "number")),
+        "timeout": Param("number", default=None, description="seconds before the command is killed", gt=0),
         "ignore_errors": Param("boolean", default=False, description="a non-zero exit is not a failure"),
     }  # fmt: skip
+    actions = ("default", "error")  # a non-zero exit is `error` (taken by an error edge)
     outputs_spec = {
         "stdout": "standard output, trailing newline stripped",
         "stderr": "standard error",
@@ -36,31 +38,47 @@ class ShellNode(AsyncNode):
     @classmethod
     def render_params(cls, compiled: Any, scope: Scope) -> dict[str, Any]:
         """Values substituted into `command` are data, never code: each template becomes a
-        quoted reference to an environment variable that holds its value (added to `env`)."""
+        reference to a variable holding its value (added to `env`), quoted for its shell
+        context (nodes/shell_syntax.py, docs/shell.md)."""
         params = {k: templates.render(v, scope) for k, v in compiled.items() if k != "command"}
-        command, values = templates.render_for_shell(compiled["command"], scope, "FANFLOW_VALUE_")
+        command, values = shell_syntax.render_command(compiled["command"], scope, VALUE_PREFIX)
         params["command"] = command
         if values:
             params["env"] = {**(params.get("env") or {}), **values}
         return params
 
+    @classmethod
+    def validate_params(cls, params: dict[str, Any]) -> list[str | ParamProblem]:
+        """Templates at positions where no reference to a value can be safe (a quoted
+        here-document, `eval`'s arguments, …) are refused before anything runs."""
+        return [
+            ParamProblem(message, "command", hint)
+            for message, hint in shell_syntax.problems(params.get("command"))
+        ]
+
     async def exec_async(self, prep_res: Any) -> dict[str, Any]:
         p = self.params
-        env = os.environ.copy()
-        env.update({str(k): str(v) for k, v in (p.get("env") or {}).items()})
+        extra = {str(k): templates.to_text(v) for k, v in (p.get("env") or {}).items()}
         stdin = p.get("stdin")
         if stdin is not None and not isinstance(stdin, str | bytes):
             stdin = json.dumps(stdin)
         if isinstance(stdin, str):
-            stdin = stdin.encode()
-        proc = await asyncio.create_subprocess_exec(
+            stdin = stdin.encode(errors="surrogateescape")
+        cwd = p.get("cwd")
+        if cwd and not os.path.isdir(cwd):
+            raise NodeError(f"cwd {cwd!r} is not a directory")
+        # Values too big for one environment string or argument travel on stdin (docs/shell.md).
+        delivery = shell_syntax.deliver(p["command"], extra, stdin)
+        env, stdin = delivery.env, delivery.stdin
+        p = {**p, "command": delivery.command}
+        # Own process group, supervised: killpg reaches every descendant, even if fanflow dies.
+        proc = await children.spawn(
             "bash", "-c", p["command"],
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=p.get("cwd") or None,
             env=env,
-            start_new_session=True,  # own process group: killpg reaches every descendant
         )  # fmt: skip
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), p.get("timeout"))
@@ -86,16 +104,5 @@ class ShellNode(AsyncNode):
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the whole group, give it a moment, then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            await asyncio.shield(asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS))
-            if sig == signal.SIGTERM:
-                # The leader is gone; make sure no grandchild in the group survives it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            return
-        except (TimeoutError, asyncio.CancelledError):
-            continue
+    """SIGTERM the whole group; SIGKILL it once the leader is gone or after the grace period."""
+    await children.kill_group(proc, KILL_GRACE_SECONDS)

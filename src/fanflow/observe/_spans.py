@@ -27,7 +27,7 @@ from fanflow.events import (
     RUN_STARTED,
     Event,
 )
-from fanflow.status import RUNNING
+from fanflow.status import RUNNING, Status
 
 ERROR_CHARS = 500  # long tracebacks would bloat the trace; the head says what went wrong
 
@@ -101,34 +101,70 @@ class Built:
 _new = tuple.__new__  # Span(...) without the Python-level __new__ of a NamedTuple
 
 
-class Recorder:
-    """Append-only event buffer: `on_event` is `list.append`, bound once."""
+# A recorded event is a plain tuple of atomic values (str, number, bool, None): the garbage
+# collector stops tracking such a tuple at its first collection, so a recording of 100,000
+# events is never walked again and never triggers a full collection. (Keeping the Event
+# objects, whose data dicts hold outputs and Status members, cost a 10,000-node chain about
+# 7 µs per node in collections: the trace's whole overhead, nearly.) The shapes:
+#   (kind, t, node, item, status, action, attempts, error, handled)   node/item finished
+#   (kind, t, node, item, batch)                                     node started (+ item)
+#   (kind, t, node, item, attempt, error, wait)                      retry
+#   (kind, t, node, None, reason)                                    skipped
+#   (kind, t)                                                        run started / finished
+# A resumed node's replayed events are recorded as RESUMED: (RESUMED, t, node, item).
+Record = tuple[Any, ...]
+RESUMED = "resumed"
+_PLAIN: dict[Any, str] = {
+    s: s.value for s in Status
+}  # Status members are GC-tracked objects; their text is not
 
-    __slots__ = ("_built", "_built_n", "_meta", "events", "on_event")
+
+class Recorder:
+    """The event buffer a trace and a summary share: `on_event` keeps each event as a small
+    tuple of atomic values (above); `build()` pairs them into spans once, at the end."""
+
+    __slots__ = ("_add", "_built", "_built_n", "_meta", "events", "finished", "started")
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.on_event = self.events.append
+        self.events: list[Record] = []
+        self._add = self.events.append
+        self.started: Event | None = None
+        self.finished: Event | None = None
         self._built: Built | None = None
         self._meta: dict[str, Any] | None = None
         self._built_n = -1  # len(events) when _built and _meta were made
 
+    def on_event(self, e: Event) -> None:
+        kind, t, node, item, d = e
+        if kind in (NODE_FINISHED, ITEM_FINISHED):
+            if d.get("resumed"):
+                self._add((RESUMED, t, node, item))
+                return
+            error = d.get("error")
+            if error is not None and error.__class__ is not str:
+                error = str(error)
+            status = d.get("status")
+            self._add((kind, t, node, item, _PLAIN.get(status, status), d.get("action"),
+                       d.get("attempts"), error, d.get("handled", False)))  # fmt: skip
+        elif kind in (NODE_STARTED, ITEM_STARTED):
+            if not d:
+                self._add((kind, t, node, item, None))
+            elif not d.get("resumed"):
+                self._add((kind, t, node, item, d.get("batch")))
+        elif kind == NODE_RETRY:
+            self._add((kind, t, node, item, d.get("attempt"), short_error(d.get("error")),
+                       d.get("wait")))  # fmt: skip
+        elif kind == NODE_SKIPPED:
+            self._add((kind, t, node, None, d.get("reason")))
+        elif kind in (RUN_STARTED, RUN_FINISHED):
+            if kind == RUN_STARTED:
+                self.started = self.started or e
+            else:
+                self.finished = e
+            self._add((kind, t))
+
     def close(self) -> None:
         pass
-
-    @property
-    def started(self) -> Event | None:
-        events = self.events
-        if events and events[0].kind == RUN_STARTED:
-            return events[0]
-        return next((e for e in events if e.kind == RUN_STARTED), None)
-
-    @property
-    def finished(self) -> Event | None:
-        events = self.events
-        if events and events[-1].kind == RUN_FINISHED:
-            return events[-1]
-        return next((e for e in reversed(events) if e.kind == RUN_FINISHED), None)
 
     # -- what the run said about itself (ids and statuses only) -------------------------------
 
@@ -150,7 +186,7 @@ class Recorder:
                 if d.get(key) is not None:
                     out[key] = d[key]
             if d.get("deps") is not None:
-                out["deps"] = {k: list(v) for k, v in d["deps"].items()}
+                out["deps"] = {k: sorted(v) for k, v in d["deps"].items()}
         finished = self.finished
         if finished is not None:
             d = finished.data
@@ -176,10 +212,10 @@ class Recorder:
         return built
 
 
-def build_spans(events: Sequence[Event]) -> Built:
-    """Pair starts with finishes, events in emission (time) order. A node may run several times
-    (loops), so each finish closes the oldest open run of that node; anything still open at the
-    end ends with the run, status `running`."""
+def build_spans(events: Sequence[Record]) -> Built:
+    """Pair starts with finishes, records in emission (time) order. A node may run several
+    times (loops), so each finish closes the oldest open run of that node; anything still open
+    at the end ends with the run, status `running`."""
     spans: list[Any] = []  # a Span, or None while its run is open
     open_nodes: dict[str | None, tuple[int, float, Any]] = {}  # node → (index, start, batch)
     more_open: dict[str | None, list[tuple[int, float, Any]]] = {}  # a node's later open runs
@@ -192,77 +228,62 @@ def build_spans(events: Sequence[Event]) -> Built:
     t_run_end: float | None = None
     new, add, span_cls = _new, spans.append, Span
     for e in events:
-        kind = e.kind
+        kind = e[0]
         if kind == NODE_FINISHED:
-            d = e.data
-            node = e.node
-            if d.get("resumed"):  # replayed from an earlier run: nothing ran here
-                resumed.append(Skip(node or "?", e.t, "resumed"))
-                continue
+            node = e[2]
             run = open_nodes.pop(node, None)
             if run is None:
                 continue
             if more_open and node in more_open:
                 _promote(node, open_nodes, more_open)
             i, start, batch = run
-            spans[i] = new(span_cls, (node, None, start, e.t, d.get("status"), d.get("action"),
-                                      d.get("attempts"), d.get("error"), batch,
-                                      d.get("handled", False), ()))  # fmt: skip
+            spans[i] = new(span_cls, (node, None, start, e[1], e[4], e[5], e[6], e[7], batch,
+                                      e[8], ()))  # fmt: skip
         elif kind == NODE_STARTED:
-            d = e.data
-            batch = None
-            if d:
-                if d.get("resumed"):
-                    continue
-                batch = d.get("batch")
-            node = e.node
-            run = (len(spans), e.t, batch)
+            node = e[2]
+            run = (len(spans), e[1], e[4])
             if node in open_nodes:  # a second open run of the same node (rare)
                 more_open.setdefault(node, []).append(run)
             else:
                 open_nodes[node] = run
             add(None)
         elif kind == ITEM_FINISHED:
-            d = e.data
-            if d.get("resumed"):
-                resumed.append(Skip(e.node or "?", e.t, "resumed"))
-                continue
-            item_run = open_items.pop((e.node, e.item), None)
+            item_run = open_items.pop((e[2], e[3]), None)
             if item_run is None:
                 continue
             i, start = item_run
-            spans[i] = new(span_cls, (e.node, e.item, start, e.t, d.get("status"), None,
-                                      d.get("attempts"), d.get("error"), None, False, ()))  # fmt: skip
+            spans[i] = new(span_cls, (e[2], e[3], start, e[1], e[4], None, e[6], e[7], None,
+                                      False, ()))  # fmt: skip
         elif kind == ITEM_STARTED:
-            item_key = (e.node, e.item)
+            item_key = (e[2], e[3])
             if item_key in open_items:  # started again before it finished: the first stays open
                 orphans.append((item_key, open_items[item_key]))
-            open_items[item_key] = (len(spans), e.t)
+            open_items[item_key] = (len(spans), e[1])
             add(None)
+        elif kind == RESUMED:  # replayed from an earlier run: nothing ran here
+            resumed.append(Skip(e[2] or "?", e[1], "resumed"))
         elif kind == NODE_RETRY:
-            d = e.data
             target: int | None = None
-            if e.item is not None:
-                item_run = open_items.get((e.node, e.item))
+            if e[3] is not None:
+                item_run = open_items.get((e[2], e[3]))
                 target = item_run[0] if item_run is not None else None
             if target is None:
-                later = more_open.get(e.node)
-                node_run = later[-1] if later else open_nodes.get(e.node)
+                later = more_open.get(e[2])
+                node_run = later[-1] if later else open_nodes.get(e[2])
                 target = node_run[0] if node_run is not None else None
             if target is not None:
-                retry = Retry(e.t, d.get("attempt"), short_error(d.get("error")), d.get("wait"))
-                retries.setdefault(target, []).append(retry)
+                retries.setdefault(target, []).append(Retry(e[1], e[4], e[5], e[6]))
         elif kind == NODE_SKIPPED:
-            skips.append(Skip(e.node or "?", e.t, e.data.get("reason")))
+            skips.append(Skip(e[2] or "?", e[1], e[4]))
         elif kind == RUN_STARTED:
             if t0 is None:
-                t0 = e.t
+                t0 = e[1]
         elif kind == RUN_FINISHED:
-            t_run_end = e.t
+            t_run_end = e[1]
     if t0 is None:
-        t0 = events[0].t if events else 0.0
+        t0 = events[0][1] if events else 0.0
     # Events come in time order: the last one is the latest finish (or run_finished itself).
-    t_end = max(t0 if t_run_end is None else t_run_end, events[-1].t if events else t0)
+    t_end = max(t0 if t_run_end is None else t_run_end, events[-1][1] if events else t0)
     # Executions cut short (crash, interrupt without finish events) end with the run.
     for node, (i, start, batch) in open_nodes.items():
         spans[i] = Span(node or "?", None, start, max(t_end, start), RUNNING, batch=batch)

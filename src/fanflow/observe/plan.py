@@ -25,25 +25,23 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
     g = graph if graph is not None else workflow.graph  # a CompiledWorkflow
     order = {n: i for i, n in enumerate(g.ids)}
     comps = g.components
-    comp_level: dict[int, int] = {}
+    comp_of = g.comp_of
+    comp_level = [0] * len(comps)
     for comp in comps:  # components come in topological order
-        members = set(comp.nodes)
-        upstream = {g.comp_of[d] for n in comp.nodes for d in g.deps[n] if d not in members}
-        comp_level[comp.index] = 1 + max((comp_level[c] for c in upstream), default=0)
-    level_of = {n: comp_level[g.comp_of[n]] for n in g.ids}
+        upstream = comp.data_deps.union([comp_of[e.src] for e in comp.in_edges])
+        comp_level[comp.index] = 1 + max(map(comp_level.__getitem__, upstream), default=0)
+    level_of = {n: comp_level[comp_of[n]] for n in g.ids}
     levels: list[list[str]] = [[] for _ in range(max(level_of.values(), default=0))]
     for n in g.ids:  # document order within a level
         levels[level_of[n] - 1].append(n)
 
     nodes = []
+    deps: dict[str, list[str]] = {}  # in document order
     for n in g.ids:
         spec = g.specs[n]
-        entry: dict[str, Any] = {
-            "id": n,
-            "type": spec.type,
-            "level": level_of[n],
-            "deps": sorted(g.deps[n], key=order.__getitem__),
-        }
+        d = g.deps[n]
+        deps[n] = sorted(d, key=order.__getitem__) if len(d) > 1 else list(d)
+        entry: dict[str, Any] = {"id": n, "type": spec.type, "level": level_of[n], "deps": deps[n]}
         if spec.purpose:
             entry["purpose"] = spec.purpose
         if spec.batch is not None:
@@ -59,20 +57,22 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
     # Fan-out: successors that start together when the node's action fires. Edges with another
     # action are alternatives (if/else), and successors inside the node's own loop take turns.
     # A template read without an edge makes the reader wait whatever the action.
-    readers: dict[str, list[str]] = {n: [] for n in g.ids}
-    for n in g.ids:
-        edge_srcs = {e.src for e in g.in_edges[n]}
-        for src in g.reads[n]:
-            if src not in edge_srcs:
-                readers[src].append(n)
+    readers: dict[str, list[str]] = {}
+    for n, srcs in g.loose_reads.items():
+        for src in srcs:
+            readers.setdefault(src, []).append(n)
     fan_outs = []
     succ: dict[str, list[str]] | None = None  # built on the first fan-out
     for n in g.ids:
+        outs, loose = g.out_edges[n], readers.get(n, ())
+        if len(outs) + len(loose) < 2:
+            continue  # one successor at most: no fan-out
+        k = comp_of[n]
         by_action: dict[str, list[str]] = {}
-        for e in g.out_edges[n]:
-            if g.comp_of[e.dst] != g.comp_of[n]:
+        for e in outs:
+            if comp_of[e.dst] != k:
                 by_action.setdefault(e.action, []).append(e.dst)
-        extra = [r for r in readers[n] if g.comp_of[r] != g.comp_of[n]]
+        extra = [r for r in loose if comp_of[r] != k]
         for action in by_action or {"default": []}:
             targets = list(dict.fromkeys(by_action.get(action, []) + extra))
             if len(targets) > 1:  # a target waiting for another target does not start with it
@@ -91,16 +91,16 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
     for n in g.ids:
         if len(g.deps[n]) < 2 or n in loop_nodes:
             continue
-        inputs = sorted(g.deps[n], key=order.__getitem__)
+        inputs = deps[n]
         joins.append({"node": n, "waits_for": inputs, "kind": or_joins.kind(inputs)})
 
     branches = []
+    branching = {e.src for e in g.edges if e.action != "default"}
     for n in g.ids:
-        outs = g.out_edges[n]
-        if not any(e.action != "default" for e in outs):
+        if n not in branching:
             continue
         arms: dict[str, list[str]] = {}
-        for e in outs:
+        for e in g.out_edges[n]:
             arms.setdefault(e.action, []).append(e.dst)
         branches.append({"node": n, "actions": arms})
 
@@ -148,7 +148,7 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
         "implicit_chain": g.implicit_chain,
         "levels": levels,
         # a loop counts once per level: its nodes take turns
-        "max_parallel": max((len({g.comp_of[n] for n in lv}) for lv in levels), default=0),
+        "max_parallel": max((len({comp_of[n] for n in lv}) for lv in levels), default=0),
         "fan_outs": fan_outs,
         "joins": joins,
         "branches": branches,
@@ -168,7 +168,7 @@ def _successors(g: Graph) -> dict[str, list[str]]:
 
 
 def _waiting(
-    g: Graph, targets: list[str], succ: dict[str, list[str]], comp_level: dict[int, int]
+    g: Graph, targets: list[str], succ: dict[str, list[str]], comp_level: list[int]
 ) -> set[str]:
     """The targets that wait, directly or not, for one of the targets (themselves included: a
     loop). One search forwards from all of them at once, pruned past the deepest target's level:

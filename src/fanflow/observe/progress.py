@@ -7,9 +7,10 @@
 - quiet → a listener that does nothing.
 
 Listeners run on the event-loop thread and must be cheap (a 10,000-node chain emits 20,000
-events). The plain listener's `on_event` is a bare `list.append` between flushes: the events are
-read, counted and turned into lines together at most every `COALESCE_S` through the running loop
-(immediately when there is no loop: tests, sync callers). Routine lines (a start, a success, a
+events). The plain listener counts each event as it comes and keeps no reference to it (a
+recording of Event objects is what made the garbage collector walk the heap); the lines it makes
+reach the stream together at most every `COALESCE_S` through the running loop (immediately when
+there is no loop: tests, sync callers). Routine lines (a start, a success, a
 skip) are capped at `ROUTINE_LINES_PER_S` per second of run time; beyond that they are counted
 and said in one line per second (`… 2,490 started, 2,490 ok (2,500/10,000 done, 1 running: n2500)`).
 Failures, cancellations, retries and batch counts are always written.
@@ -338,7 +339,6 @@ class _ProgressBase:
 class PlainProgress(_ProgressBase):
     """Lines for pipes and CI logs (see the module docstring for what is written and when)."""
 
-    on_event: Callable[[Event], None]  # `_arm`, or the pending list's append once armed
     window_s = 1.0
 
     def __init__(
@@ -351,22 +351,19 @@ class PlainProgress(_ProgressBase):
         self.stream = stream
         self.batch_every = batch_every
         self.lines_per_window = lines_per_s
-        self._pending: list[Event] = []  # events not looked at yet
         self._out: list[str] = []  # lines not written yet
         self._armed = False  # a flush is scheduled on the running loop
         self.broken = False
-        self.on_event = self._arm
 
-    def _arm(self, event: Event) -> None:
-        """The first event after a flush: schedule the next flush, then append only."""
-        self._pending.append(event)
-        if self._armed:
+    def on_event(self, event: Event) -> None:
+        """Count the event now (keeping no reference to it) and make sure a flush is coming."""
+        self.handle(event)
+        if self._armed or not (self._out or any(self.held)):
             return
-        if not _later(COALESCE_S, self._tick):
-            self.flush()
-            return
-        self._armed = True
-        self.on_event = self._pending.append
+        if _later(COALESCE_S, self._tick):
+            self._armed = True
+        else:
+            self._write()
 
     def _tick(self) -> None:
         """The scheduled flush. Held lines are said once their second is over, even if nothing
@@ -381,19 +378,10 @@ class PlainProgress(_ProgressBase):
             return
         if _later(min(max(left, COALESCE_S), self.window_s), self._tick):
             self._armed = True
-            self.on_event = self._pending.append
 
     def flush(self) -> None:
-        """Read the pending events and write their lines (one write and one flush)."""
+        """Write the lines the events made (one write and one flush)."""
         self._armed = False
-        self.on_event = self._arm
-        events = self._pending.copy()  # the same list object stays appended to
-        self._pending.clear()
-        if self.broken:
-            return
-        handle = self.handle
-        for e in events:
-            handle(e)
         self._write()
 
     def _write(self) -> None:

@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from fanflow import events as ev
+from fanflow.observe.redact import NOT_STORED, Secrets
 from fanflow.store.runs import (
     MAX_INLINE_BYTES,
     RunStore,
@@ -87,10 +88,16 @@ class CheckpointWriter:
         inputs: dict[str, Any] | None = None,
         run_id: str | None = None,
         resume: Any = None,  # fanflow.execute.resume_state.ResumeState
+        secrets: Secrets | None = None,
         flush_interval: float = FLUSH_INTERVAL,
         flush_events: int = FLUSH_EVENTS,
     ):
         self.store = store
+        # With secrets, the events come masked (fanflow.observe.redact); records whose outputs
+        # were masked are stored without them (resume re-runs those) and the inputs masked.
+        self._masked = secrets is not None
+        if secrets is not None and inputs:
+            inputs = secrets.inputs(inputs)
         self.flush_interval = flush_interval
         self.flush_events = flush_events
         self.errors: list[str] = []
@@ -180,9 +187,12 @@ class CheckpointWriter:
             d = event.data
             if d.get("resumed"):
                 return  # a node replayed from the store: its record is already there
-            if self._node_items and node in self._node_items:
+            if (self._node_items and node in self._node_items) or (
+                self._masked and d.get("redacted")
+            ):
                 # A batch: its outputs hold every item's result and may be large. One encode,
-                # on the writer thread, which also decides on a side file.
+                # on the writer thread, which also decides on a side file. (Or outputs masked
+                # for a secret: the writer stores a note instead.)
                 self._slow_started[node] = started
                 q = self._queue
                 q.append(event)
@@ -313,11 +323,15 @@ class CheckpointWriter:
                 kind, node, d = e.kind, e.node, e.data
                 if kind == _NODE_FINISHED:  # a batch node, or a value for a side file or a note
                     started = self._slow_started.pop(node, None)
+                    masked = self._masked and d.get("redacted")
                     node_texts.append(enc((node, d.get("status"), d.get("action"),
-                                           d.get("outputs") or {}, d.get("error"),
-                                           d.get("attempts"), self._node_items.get(node),
+                                           None if masked else d.get("outputs") or {},
+                                           d.get("error"), d.get("attempts"),
+                                           self._node_items.get(node),
                                            None if started is None else int((started + off) * 1e6),
-                                           int((e.t + off) * 1e6)), True, digests))  # fmt: skip
+                                           int((e.t + off) * 1e6),
+                                           *((None, NOT_STORED) if masked else ())),
+                                          True, digests))  # fmt: skip
                     if d.get("status") == "success":
                         done.add(node)
                 elif kind == ev.NODE_SKIPPED:
@@ -354,6 +368,8 @@ class CheckpointWriter:
             except KeyError:  # an emitter that leaves fields out: the tolerant path
                 records = [(e.node, e.item, *(e.data.get(k) for k in _ITEM_KEYS))
                            for e in item_events if e.node not in done]  # fmt: skip
+            if self._masked:
+                records = _without_masked(records, [e for e in item_events if e.node not in done])
             del item_events
             try:
                 items_json = _encode(records)
@@ -429,3 +445,11 @@ class CheckpointWriter:
         self.errors.append(message)
         if len(self.errors) == 1:  # once: a full disk must not flood stderr
             print(f"fanflow: warning: {message} (resume may redo some work)", file=sys.stderr)
+
+
+def _without_masked(records: list[Any], events: list[ev.Event]) -> list[Any]:
+    """Item records (parallel to their events) with masked results replaced by a note."""
+    return [
+        (*rec[:3], None, *rec[4:6], None, NOT_STORED) if e.data.get("redacted") else rec
+        for rec, e in zip(records, events, strict=True)
+    ]

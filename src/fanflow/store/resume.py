@@ -24,6 +24,7 @@ from typing import Any
 
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.execute.resume_state import CompletedNode, ResumeState
+from fanflow.observe.redact import MASK, stored_inputs
 from fanflow.store.runs import (
     NodeState,
     RunRecord,
@@ -125,20 +126,30 @@ def plan_resume(
             ]
         )
 
-    # Inputs: any difference refuses (see module docstring).
-    old_inputs, new_inputs = normalise_inputs(run.inputs), normalise_inputs(inputs)
+    # Inputs: any difference refuses (see module docstring). They are compared as the store
+    # keeps them, so a secret input is compared only for being given (its value may change:
+    # credentials get rotated) and an input that held a secret must be given again.
+    spec = getattr(workflow, "workflow", workflow)
+    old_inputs = normalise_inputs(run.inputs)
+    new_inputs = normalise_inputs(stored_inputs(spec, inputs))
     if old_inputs != new_inputs:
         names = sorted(
             k
             for k in set(old_inputs) | set(new_inputs)
             if old_inputs.get(k, _MISSING) != new_inputs.get(k, _MISSING)
         )
+        hint = f"pass the original inputs, or {fresh}"
+        masked = [n for n in names if old_inputs.get(n) == MASK]
+        if masked:
+            hint = (f"the run store keeps no value for {', '.join(masked)} (a secret, or holding "
+                    f"one): give {'them' if len(masked) > 1 else 'it'} again, or {fresh}")  # fmt: skip
         raise WorkflowInvalid(
             [
                 Problem(
                     f"cannot resume {where}: the inputs changed ({', '.join(names)}); "
                     "a resume must use the same inputs as the run it continues",
-                    hint=f"pass the original inputs, or {fresh}",
+                    field=f"inputs.{names[0]}" if len(names) == 1 else "inputs",
+                    hint=hint,
                 )
             ]
         )

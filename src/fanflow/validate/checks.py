@@ -12,6 +12,7 @@ from fanflow.load.model import Workflow
 from fanflow.load.pipeline import map_pipeline_paths
 from fanflow.nodes import registry
 from fanflow.nodes.base import ParamProblem
+from fanflow.validate.params import check_declarations
 
 BATCH_OUTPUTS = ("results", "count", "success_count", "error_count", "errors", "batch_metadata")
 ALWAYS_OUTPUTS = ("error",)  # written when a failure is routed to an `error` edge
@@ -121,6 +122,8 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
         except templates.TemplateSyntaxError as exc:
             compiled_ok = False
             add(Problem(str(exc), file, f"outputs.{name}.source"))
+    # Typed params, input defaults, edge actions, duplicate edges, start_node without edges.
+    problems += check_declarations(workflow, classes, parsed, parsed_items)
 
     if problems or not compiled_ok:
         raise WorkflowInvalid(map_pipeline_paths(problems, workflow._pipeline_paths))
@@ -132,10 +135,13 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
         if ref.root in local or ref.root in inputs:
             return
         if ref.root not in id_set:
+            params = graph.specs[node_id].params if node_id in graph.specs else None
+            fallback = "declare it under 'inputs' or name an existing node"
+            hint = templates.shell_variable_hint(ref.root, params) or _hint(
+                ref.root, id_set | inputs | local, fallback
+            )
             add(Problem(f"template ${{{ref.text}}} names unknown node or input '{ref.root}'",
-                        file, field, node_id,
-                        _hint(ref.root, id_set | inputs | local,
-                              "declare it under 'inputs' or name an existing node")))  # fmt: skip
+                        file, field, node_id, hint))  # fmt: skip
             return
         key = ref.first_key
         if key is None:

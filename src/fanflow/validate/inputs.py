@@ -1,15 +1,29 @@
-"""Workflow inputs: typed by their declaration, defaults applied, unknown names rejected."""
+"""Workflow inputs: typed by their declaration, defaults applied, unknown names rejected.
+
+A secret input not given reads FANFLOW_SECRET_<NAME> from the environment (as text) before its
+default applies: a secret need not appear on a command line, and a resume (whose stored inputs
+hold only *** for it) can find it again. See docs/observability.md, "Secret inputs".
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.load.model import Workflow
 
+SECRET_ENV_PREFIX = "FANFLOW_SECRET_"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+
+
+def secret_env_var(name: str) -> str:
+    """The environment variable a secret input may be given in: FANFLOW_SECRET_<NAME>."""
+    return SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
 def parse_cli_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -62,7 +76,10 @@ def _coerce(name: str, kind: str, value: Any, from_text: bool) -> Any:
 
 
 def resolve_inputs(
-    workflow: Workflow, given: dict[str, Any], from_text: bool = False
+    workflow: Workflow,
+    given: dict[str, Any],
+    from_text: bool = False,
+    environ: Mapping[str, str] = os.environ,
 ) -> dict[str, Any]:
     file = workflow.source
     problems = []
@@ -77,18 +94,28 @@ def resolve_inputs(
             problems.append(Problem(f"unknown input '{name}'", file, f"inputs.{name}", hint=hint))
     values: dict[str, Any] = {}
     for name, spec in declared.items():
-        if name in given:
+        env = secret_env_var(name) if spec.secret else None
+        value, text = (given[name], from_text) if name in given else (None, False)
+        if env is not None and name not in given and env in environ:
+            value, text = environ[env], True
+        if value is not None or name in given:
             try:
-                values[name] = _coerce(name, spec.type, given[name], from_text)
+                values[name] = _coerce(name, spec.type, value, text)
             except ValueError as exc:
-                problems.append(Problem(f"input '{name}': {exc}", file, f"inputs.{name}",
+                where = f" (from {env})" if env is not None and name not in given else ""
+                problems.append(Problem(f"input '{name}'{where}: {exc}", file, f"inputs.{name}",
                                         hint=f"declared type is {spec.type}"))  # fmt: skip
         elif spec.default is not None:
             values[name] = spec.default
         elif spec.required:
+            hint = f"pass {name}=<{spec.type}>"
+            if env is not None:
+                hint += (f" or set {env}; a secret input is never stored, so resuming a run "
+                         "needs it again")  # fmt: skip
+            if spec.description:
+                hint += f" ({spec.description})"
             problems.append(Problem(f"missing required input '{name}'", file, f"inputs.{name}",
-                                    hint=f"pass {name}=<{spec.type}>"
-                                    + (f" ({spec.description})" if spec.description else "")))  # fmt: skip
+                                    hint=hint))  # fmt: skip
         else:
             values[name] = None
     if problems:
