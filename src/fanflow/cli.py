@@ -248,7 +248,7 @@ _FORMAT_OPTION = click.option(
 @_FORMAT_OPTION
 def validate(workflow: str, output_format: str) -> None:
     """Run every static check on WORKFLOW; execute nothing."""
-    from fanflow.commands._gc_pause import gc_paused
+    from fanflow._gc import gc_paused
     from fanflow.compile.compiled import compile_workflow
     from fanflow.load.reader import parse_source
 

@@ -25,7 +25,7 @@ import click
 )
 def plan(workflow: str, fmt: str, normalised: bool) -> None:
     """Show what can run in parallel: dependency levels, fan-outs, joins, branches, loops."""
-    from fanflow.commands._gc_pause import gc_paused
+    from fanflow._gc import gc_paused
 
     with gc_paused():
         _plan(workflow, fmt, normalised)

@@ -214,7 +214,7 @@ class ThreadExecutor:
             except (Exception, JobCancelled) as exc:  # handed to the awaiting coroutine
                 error = exc
             except BaseException as exc:  # SystemExit, KeyboardInterrupt…: the job's failure
-                error = NodeError(_describe(exc))
+                error = NodeError(describe(exc))
             with lock:
                 worker.job = None
                 done.append((future, result, error))
@@ -316,7 +316,8 @@ class ThreadExecutor:
                 pass
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """`Type: message`, or the type alone when the exception says nothing."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

@@ -121,7 +121,7 @@ def _failure(exc: BaseException | None) -> str | None:
         return str(code) or "exit code 1"
     if isinstance(exc, NodeError):  # the timeout
         return str(exc)
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = threads.describe(exc)
     line = _user_line(exc.__traceback__)
     return f"{text} (line {line})" if line is not None else text
 

@@ -9,13 +9,12 @@ trace or summary. Pairing happens once, in `build()`, with garbage collection pa
 
 from __future__ import annotations
 
-import gc
 import heapq
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from fanflow._gc import gc_paused
 from fanflow.events import (
     ITEM_FINISHED,
     ITEM_STARTED,
@@ -37,19 +36,6 @@ def short_error(error: Any, limit: int = ERROR_CHARS) -> str | None:
         return None
     text = str(error)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pairing and formatting allocate a few objects per span; the collections that would
-    trigger find nothing to free (nothing here is cyclic) but walk the whole heap."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 @dataclass(slots=True)

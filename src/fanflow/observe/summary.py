@@ -23,8 +23,9 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+from fanflow._gc import gc_paused
 from fanflow.events import Event
-from fanflow.observe._spans import Built, Recorder, Span, gc_paused, short_error
+from fanflow.observe._spans import Built, Recorder, Span, short_error
 from fanflow.status import CANCELLED, FAILED, PENDING, RUNNING, SKIPPED, SUCCESS
 
 TOP_SLOWEST = 5

@@ -23,13 +23,13 @@ from json.encoder import encode_basestring as quote
 from pathlib import Path
 from typing import Any
 
+from fanflow._gc import gc_paused
 from fanflow.events import Event
 from fanflow.observe._spans import (
     Built,
     Recorder,
     Retry,
     Span,
-    gc_paused,
     pack_intervals,
     short_error,
 )
