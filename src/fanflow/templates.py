@@ -88,7 +88,14 @@ def _outside_quotes(text: str, start: int = 0) -> Iterator[int]:
         i += 1
 
 
+def _has_quote(text: str) -> bool:
+    return '"' in text or "'" in text
+
+
 def _closing_brace(text: str, start: int) -> int:
+    end = text.find("}", start)
+    if end < 0 or not _has_quote(text[start:end]):
+        return end  # no quote before it: the scan below would stop at the same place
     for i in _outside_quotes(text, start):
         if text[i] == "}":
             return i
@@ -96,6 +103,8 @@ def _closing_brace(text: str, start: int) -> int:
 
 
 def _alternatives(body: str) -> list[str]:
+    if not _has_quote(body):
+        return body.split("??")  # what the scan below gives when nothing is quoted
     alternatives: list[str] = []
     start = 0
     for i in _outside_quotes(body):
