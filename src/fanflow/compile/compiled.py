@@ -81,26 +81,25 @@ def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> Compil
 
     graph, warnings = check_workflow(workflow)
     plans = {}
+    kinds: dict[Any, _Kind] = {}  # what a node class gives every node of its type
     for spec in workflow.nodes:
         cls = registry.get_node_class(spec.type)
+        kind = kinds.get(cls) or kinds.setdefault(cls, _Kind.of(cls))
         params = graph.params[spec.id]
-        render = getattr(cls, "render_params", None) or _default_render
-        own_render = getattr(render, "__func__", None) is not _NODE_RENDER
-        render = checked_render(cls, render, params)  # typed params holding a template
-        joins = getattr(cls, "joins_on_first", None)
+        joins = kind.joins_on_first
         plans[spec.id] = NodePlan(
             id=spec.id,
             type=spec.type,
             cls=cls,
-            is_async=is_async_node(cls),
-            own_prep=_overrides(cls, "prep_async"),
-            own_post=_overrides(cls, "post_async"),
+            is_async=kind.is_async,
+            own_prep=kind.own_prep,
+            own_post=kind.own_post,
             params=params,
-            static=spec.id in graph.static_params and not own_render,
-            render=render,
+            static=spec.id in graph.static_params and not kind.own_render,
+            render=checked_render(cls, kind.render, params),  # typed params holding a template
             joins_on_first=bool(joins(spec.params)) if joins is not None else False,
-            resource_keys=getattr(cls, "resource_keys", None),
-            policy=_policy(spec, cls),
+            resource_keys=kind.resource_keys,
+            policy=_policy(spec, kind.policy),
             batch=spec.batch,
             batch_items=graph.batch_items.get(spec.id),
             handles_error=any(e.action == "error" for e in graph.out_edges[spec.id]),
@@ -114,6 +113,34 @@ def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> Compil
 _NODE_RENDER = Node.render_params.__func__  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """What a node class gives every node of its type, looked up once per class."""
+
+    render: Any
+    own_render: bool
+    is_async: bool
+    own_prep: bool
+    own_post: bool
+    joins_on_first: Any
+    resource_keys: Any
+    policy: RetryPolicy  # when neither the IR's retry nor the batch's max_retries is given
+
+    @classmethod
+    def of(cls, node_cls: Any) -> _Kind:
+        render = getattr(node_cls, "render_params", None) or _default_render
+        return cls(
+            render=render,
+            own_render=getattr(render, "__func__", None) is not _NODE_RENDER,
+            is_async=is_async_node(node_cls),
+            own_prep=_overrides(node_cls, "prep_async"),
+            own_post=_overrides(node_cls, "post_async"),
+            joins_on_first=getattr(node_cls, "joins_on_first", None),
+            resource_keys=getattr(node_cls, "resource_keys", None),
+            policy=_class_policy(node_cls),
+        )
+
+
 def _default_render(compiled: Any, scope: Scope) -> dict[str, Any]:
     return _NODE_RENDER(Node, compiled, scope)
 
@@ -124,14 +151,19 @@ def _overrides(cls: Any, name: str) -> bool:
     return getattr(cls, name, None) is not getattr(AsyncNode, name)
 
 
-def _policy(spec: Any, cls: Any) -> RetryPolicy:
-    """The batch's `max_retries` (per item) wins; else the IR's `retry`; else the node type's
-    default (llm/http retry transient failures); else PocketFlow's max_retries/wait."""
+def _policy(spec: Any, default: RetryPolicy) -> RetryPolicy:
+    """The batch's `max_retries` (per item) wins; else the IR's `retry`; else the class's."""
     if spec.batch is not None and _retries_given(spec.batch):
         return RetryPolicy(attempts=spec.batch.max_retries, wait=spec.batch.retry_wait)
     if spec.retry is not None:
         r = spec.retry
         return RetryPolicy(r.max_attempts, r.wait, r.backoff, r.max_wait)
+    return default
+
+
+def _class_policy(cls: Any) -> RetryPolicy:
+    """The node type's default (llm/http retry transient failures); else PocketFlow's
+    max_retries/wait."""
     default = getattr(cls, "default_attempts", None)
     if default is not None:
         if default > 1:

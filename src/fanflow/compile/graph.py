@@ -171,8 +171,12 @@ def build_graph(
         }
     batch_items = {n.id: batch_items[n.id] for n in workflow.nodes if n.batch is not None}
 
+    static = {i for i in ids if not templates.has_templates(params[i])}
     reads: dict[str, set[str]] = {}
     for node in workflow.nodes:
+        if node.id in static and node.batch is None:
+            reads[node.id] = set()
+            continue
         local = {batch_alias(node), *BATCH_VARS} if node.batch else set()
         found: set[str] = set()
         for compiled in (params[node.id], batch_items.get(node.id)):
@@ -203,7 +207,6 @@ def build_graph(
             comp.in_edges += [e for e in in_edges[n] if e.src not in members]
             comp.out_edges += [e for e in out_edges[n] if e.dst not in members]
             comp.data_deps |= {comp_of[r] for r in reads[n] if r not in members}
-    static = {i for i in ids if not templates.has_templates(params[i])}
     return Graph(
         ids, specs, params, batch_items, edges, out_edges, in_edges, reads, deps,
         comps, comp_of, implicit_chain, static,

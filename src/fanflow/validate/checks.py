@@ -60,6 +60,8 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
                         f"nodes[{i}].type", node.id))  # fmt: skip
 
     for i, edge in enumerate(workflow.edges):
+        if edge.from_ in id_set and edge.to in id_set:
+            continue
         for end, name in (("from", edge.from_), ("to", edge.to)):
             if name not in id_set:
                 add(Problem(f"edge {end} unknown node '{name}'", file, f"edges[{i}].{end}",
@@ -81,29 +83,37 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
     compiled_ok = True
     parsed: dict[str, Any] = {}
     parsed_items: dict[str, Any] = {}
+    required: dict[Any, list[str]] = {}  # node class → its required params
     for i, node in enumerate(workflow.nodes):
         cls = classes.get(node.id)
         spec = getattr(cls, "params_spec", None) or {}
         if spec:
-            for key in node.params:
-                if key not in spec:
-                    add(Problem(f"unknown parameter '{key}' for node type '{node.type}'", file,
-                                f"nodes[{i}].params.{key}", node.id,
-                                _hint(key, spec, f"`fanflow nodes {node.type}` lists them")))  # fmt: skip
-            for found in getattr(cls, "validate_params", lambda _p: [])(node.params):
+            if not spec.keys() >= node.params.keys():
+                for key in node.params:
+                    if key not in spec:
+                        add(Problem(f"unknown parameter '{key}' for node type '{node.type}'",
+                                    file, f"nodes[{i}].params.{key}", node.id,
+                                    _hint(key, spec, f"`fanflow nodes {node.type}` lists them")))  # fmt: skip
+            hook = getattr(cls, "validate_params", None)
+            for found in hook(node.params) if hook is not None else ():
                 if isinstance(found, ParamProblem):
                     where = f"nodes[{i}].params" + (f".{found.param}" if found.param else "")
                     add(Problem(found.message, file, where, node.id, found.hint))
                 else:
                     add(Problem(str(found), file, f"nodes[{i}].params", node.id))
-            for key, param in spec.items():
-                if param.required and key not in node.params:
+            needed = required.get(cls)
+            if needed is None:
+                needed = required[cls] = [k for k, p in spec.items() if p.required]
+            for key in needed:
+                if key not in node.params:
+                    param = spec[key]
                     add(Problem(f"missing required parameter '{key}'", file,
                                 f"nodes[{i}].params", node.id,
                                 f"add \"{key}\": … ({param.description or param.type})"))  # fmt: skip
         for where, value, into in (
-            ("params", node.params, parsed),
-            ("batch.items", getattr(node.batch, "items", None), parsed_items),
+            (("params", node.params, parsed),)
+            if node.batch is None
+            else (("params", node.params, parsed), ("batch.items", node.batch.items, parsed_items))
         ):
             try:
                 into[node.id] = templates.compile_value(value)  # parsed once, kept for the graph
@@ -155,7 +165,10 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
             add(Problem(f"node '{ref.root}' ({spec.type}) has no output '{key}'", file, field,
                         node_id, _hint(key, known, "outputs: " + ", ".join(sorted(known)))))  # fmt: skip
 
+    static = graph.static_params
     for i, node in enumerate(workflow.nodes):
+        if node.id in static and node.batch is None:
+            continue  # no template to check
         local = {node.batch.as_, *BATCH_VARS} if node.batch else set()
         for path, ref in templates.iter_refs(graph.params[node.id], "params"):
             check_ref(ref, f"nodes[{i}].{path}", node.id, local)

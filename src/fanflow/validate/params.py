@@ -185,9 +185,21 @@ def _from(problem: ParamProblem, source: Any) -> ParamProblem:
 
 
 def _spec(cls: Any) -> dict[str, Param]:
-    """The class's declared params as Param (a user class may declare plain dicts)."""
+    """The class's declared params as Param (a user class may declare plain dicts); worked out
+    once per class and spec object (a class given a new spec is read again)."""
+    declared = getattr(cls, "params_spec", None) or {}
+    cached = _SPECS.get(cls)
+    if cached is None or cached[0] is not declared:
+        cached = _SPECS[cls] = (declared, _read_spec(declared))
+    return cached[1]
+
+
+_SPECS: dict[Any, tuple[dict[str, Any], dict[str, Param]]] = {}
+
+
+def _read_spec(declared: dict[str, Any]) -> dict[str, Param]:
     spec: dict[str, Param] = {}
-    for key, decl in (getattr(cls, "params_spec", None) or {}).items():
+    for key, decl in declared.items():
         if isinstance(decl, Param):
             spec[key] = decl
         elif isinstance(decl, dict):
