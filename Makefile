@@ -13,8 +13,8 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-demo: install  ## the main job: an offline demo workflow (fan-out, join, batch), no API keys
-	$(BIN)/fanflow run examples/demo.json --timeline demo-output/timeline.html
+demo: install  ## the main job: an offline LLM map-reduce over docs/ (echo provider), no API keys
+	$(BIN)/fanflow run examples/demo-llm.json --timeline demo-output/timeline.html
 
 lint: install
 	$(BIN)/ruff check src tests bench

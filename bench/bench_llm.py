@@ -138,6 +138,7 @@ def main() -> int:
     mock = MockProcess(delay)
     os.environ["OPENAI_BASE_URL"] = mock.url + "/v1"
     os.environ["OPENAI_API_KEY"] = "bench-key"
+    os.environ["FANFLOW_LLM_CACHE"] = "0"  # measure real calls, not the response cache
     os.environ.pop("FANFLOW_LIMITS", None)
     scenarios = [
         (f"batch {n} parallel, no limit", one_batch(n, None), delay),

@@ -34,6 +34,7 @@ def llm_env(srv: MockLLMServer, **extra: str) -> dict[str, str]:
     env = {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": srv.url + "/v1", **extra}
     env.setdefault("FANFLOW_LIMITS", "")
     env.setdefault("FANFLOW_LLM_MODEL", "")
+    env.setdefault("FANFLOW_LLM_CACHE", "0")  # these tests count requests at the server
     return env
 
 

@@ -194,6 +194,7 @@ def llm(p: dict[str, Any]) -> RunFn:
     n, cap = int(p["n"]), int(p["cap"])
     os.environ.setdefault("OPENAI_API_KEY", "x")
     os.environ["OPENAI_BASE_URL"] = p["url"] + "/v1"
+    os.environ["FANFLOW_LLM_CACHE"] = "0"  # measure real calls, not the response cache
     workflow = {
         "ir_version": IR,
         "nodes": [

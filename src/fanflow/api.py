@@ -104,6 +104,7 @@ def run(
     run_id: str | None = None,
     inputs_from_text: bool = False,
     handle_signals: bool = False,
+    cache: bool = True,
 ) -> RunResult:
     """Run a workflow to completion (blocking). See `run_async` for the options."""
     return asyncio.run(
@@ -111,7 +112,7 @@ def run(
             workflow, inputs, max_concurrent=max_concurrent, limits=limits, listeners=listeners,
             store=store, checkpoint=checkpoint, resume=resume, trace=trace, timeline=timeline, progress=progress,
             summary=summary, run_id=run_id, inputs_from_text=inputs_from_text,
-            handle_signals=handle_signals,
+            handle_signals=handle_signals, cache=cache,
         )
     )  # fmt: skip
 
@@ -133,6 +134,7 @@ async def run_async(
     run_id: str | None = None,
     inputs_from_text: bool = False,
     handle_signals: bool = False,
+    cache: bool = True,
 ) -> RunResult:
     """Run a workflow on the running event loop.
 
@@ -152,6 +154,8 @@ async def run_async(
     - `handle_signals`: SIGINT, SIGTERM or SIGHUP cancels the run (status cancelled,
       `RunResult.signal` set; the CLI exits 128 + the signal's number: 130, 143, 129); a second
       signal ends the process at once (docs/durable-runs.md, "Signals and process lifetime").
+    - `cache`: False bypasses the llm response cache for this run (the CLI's --no-cache;
+      docs/llm.md).
 
     Raises WorkflowInvalid (exit code 2) before any node runs when the workflow, the inputs or
     the environment are invalid; otherwise returns a RunResult. An exception that is not a node
@@ -214,8 +218,14 @@ async def run_async(
     if secrets is not None and all_listeners:  # every listener sees masked events
         all_listeners = [secrets.listener(all_listeners)]
 
-    result = await _execute(compiled, values, all_listeners, state, run_id, max_concurrent,
-                            limits, handle_signals)  # fmt: skip
+    from fanflow.io import llm_cache  # `cache`: the llm response cache (docs/llm.md)
+
+    cache_token = llm_cache.configure(cache, run_store.dir if run_store is not None else None)
+    try:
+        result = await _execute(compiled, values, all_listeners, state, run_id, max_concurrent,
+                                limits, handle_signals)  # fmt: skip
+    finally:
+        llm_cache.reset(cache_token)
     if timeline is not None and tracer is not None:
         from fanflow.observe.timeline import write_timeline
 
@@ -226,7 +236,7 @@ async def run_async(
     if collector is not None:
         from fanflow.observe.summary import format_summary
 
-        result.summary = collector.summary()
+        result.summary = collector.summary(result.store)  # + llm usage and cost
         result.summary_text = format_summary(result.summary)
     if secrets is not None:
         secrets.result(result)

@@ -14,12 +14,15 @@ API keys never appear in our messages: known keys and ``sk-...`` shapes are reda
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fanflow.errors import NodeError
@@ -31,17 +34,70 @@ DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_TIMEOUT = 120.0  # seconds per call; the node's `timeout` param overrides it
 ANTHROPIC_DEFAULT_MAX_TOKENS = 4096  # the Messages API requires max_tokens
 _EXCERPT = 300
-_PLACEHOLDER_KEY = "not-needed"  # for OpenAI-compatible servers that take no key
+_PLACEHOLDER_KEY = "not-needed"
+OLLAMA_DEFAULT_URL = "http://localhost:11434/v1"  # for OpenAI-compatible servers that take no key
 
 # Environment variables that hold secrets; their values are scrubbed from every message.
 SECRET_ENV_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 _KEY_SHAPES = re.compile(r"\b(sk-[A-Za-z0-9*_\-]{4,}|Bearer\s+\S+)")
 
 
+@dataclass(frozen=True)
+class Image:
+    """An image for a vision model: a URL the provider fetches, or inline base64 data."""
+
+    url: str | None = None
+    media_type: str | None = None
+    data: str | None = None  # base64
+
+    def as_url(self) -> str:
+        return self.url if self.url else f"data:{self.media_type};base64,{self.data}"
+
+
+@dataclass
+class ChatRequest:
+    """One call, in our neutral shape; each provider turns it into its own API's."""
+
+    messages: list[dict[str, str]]  # {"role": "user"|"assistant", "content": text}
+    system: str | None
+    model: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: float | None = None
+    schema: dict[str, Any] | None = None  # structured output; the root is an object
+    images: Sequence[Image] = field(default_factory=tuple)  # on the first user message
+    latency: Any = None  # offline providers: simulated latency (see latency_seconds)
+
+
 class LLMProvider:
-    """The interface every provider implements. One instance serves a whole run."""
+    """The interface every provider implements. One instance serves a whole run.
+
+    Implement `chat` (the full request: history, schema, images), or only `complete` (one
+    prompt): the base `chat` then sends a transcript and asks for JSON in the system prompt.
+    """
 
     name: str = ""
+
+    async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
+        """Return (text, {"input_tokens", "output_tokens", "total_tokens"}). With a schema the
+        text is the JSON reply (the caller parses and validates it)."""
+        if type(self).complete is LLMProvider.complete:
+            raise NotImplementedError(f"{type(self).__name__} implements neither chat nor complete")
+        if req.images:
+            raise NodeError(f"LLM provider {self.name!r} does not support images", retryable=False)
+        if len(req.messages) == 1:
+            prompt = req.messages[0]["content"]
+        else:
+            prompt = "\n\n".join(f"{m['role'].title()}: {m['content']}" for m in req.messages)
+        system = req.system
+        if req.schema is not None:
+            ask = "Reply with only a JSON value matching this JSON Schema: " + json.dumps(
+                req.schema, ensure_ascii=False
+            )
+            system = f"{system}\n\n{ask}" if system else ask
+        return await self.complete(
+            prompt, system, req.model, req.temperature, req.max_tokens, timeout=req.timeout
+        )
 
     async def complete(
         self,
@@ -54,7 +110,11 @@ class LLMProvider:
         timeout: float | None = None,
     ) -> tuple[str, dict[str, int]]:
         """Return (text, {"input_tokens", "output_tokens", "total_tokens"})."""
-        raise NotImplementedError
+        if type(self).chat is LLMProvider.chat:
+            raise NotImplementedError(f"{type(self).__name__} implements neither chat nor complete")
+        req = ChatRequest([{"role": "user", "content": prompt}], system, model, temperature,
+                          max_tokens, timeout)  # fmt: skip
+        return await self.chat(req)
 
     async def aclose(self) -> None:
         return None
@@ -72,6 +132,8 @@ def resolve_model(model: str | None, env: Mapping[str, str] | None = None) -> tu
     """
     env = os.environ if env is None else env
     name = (model or "").strip() or env.get("FANFLOW_LLM_MODEL", "").strip() or DEFAULT_MODEL
+    if name.lower() == "echo":
+        return "echo", "echo"
     prefix, sep, rest = name.partition("/")
     if sep and prefix.lower() in _PROVIDERS and rest:
         return prefix.lower(), rest
@@ -201,31 +263,37 @@ class OpenAIProvider(LLMProvider):
             api_key=api_key, base_url=base_url, max_retries=0, timeout=DEFAULT_TIMEOUT
         )
 
-    async def complete(
-        self,
-        prompt: str,
-        system: str | None,
-        model: str,
-        temperature: float | None,
-        max_tokens: int | None,
-        *,
-        timeout: float | None = None,
-    ) -> tuple[str, dict[str, int]]:
-        messages: list[dict[str, str]] = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": prompt})
-        kwargs: dict[str, Any] = {"model": model, "messages": messages}
-        if temperature is not None:
-            kwargs["temperature"] = temperature
-        if max_tokens is not None:
-            kwargs["max_tokens"] = max_tokens
-        if timeout is not None:
-            kwargs["timeout"] = timeout
+    async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
+        messages: list[dict[str, Any]] = []
+        if req.system:
+            messages.append({"role": "system", "content": req.system})
+        first_user = True
+        for m in req.messages:
+            content: Any = m["content"]
+            if m["role"] == "user" and first_user:
+                first_user = False
+                if req.images:
+                    content = [{"type": "text", "text": content}] + [
+                        {"type": "image_url", "image_url": {"url": img.as_url()}}
+                        for img in req.images
+                    ]
+            messages.append({"role": m["role"], "content": content})
+        kwargs: dict[str, Any] = {"model": req.model, "messages": messages}
+        if req.temperature is not None:
+            kwargs["temperature"] = req.temperature
+        if req.max_tokens is not None:
+            kwargs["max_tokens"] = req.max_tokens
+        if req.timeout is not None:
+            kwargs["timeout"] = req.timeout
+        if req.schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": req.schema, "strict": False},
+            }
         try:
             resp = await self.client.chat.completions.create(**kwargs)
         except self._sdk.OpenAIError as exc:
-            raise _map_sdk_error(exc, "openai", self._sdk, self._secrets, timeout) from None
+            raise _map_sdk_error(exc, self.name, self._sdk, self._secrets, req.timeout) from None
         choices = getattr(resp, "choices", None) or []
         text = (choices[0].message.content if choices else None) or ""
         usage = getattr(resp, "usage", None)
@@ -274,36 +342,50 @@ class AnthropicProvider(LLMProvider):
             kwargs["base_url"] = base_url
         self.client = anthropic.AsyncAnthropic(**kwargs)
 
-    async def complete(
-        self,
-        prompt: str,
-        system: str | None,
-        model: str,
-        temperature: float | None,
-        max_tokens: int | None,
-        *,
-        timeout: float | None = None,
-    ) -> tuple[str, dict[str, int]]:
+    async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
+        messages: list[dict[str, Any]] = []
+        first_user = True
+        for m in req.messages:
+            content: Any = m["content"]
+            if m["role"] == "user" and first_user:
+                first_user = False
+                if req.images:
+                    content = [_anthropic_image(img) for img in req.images] + [
+                        {"type": "text", "text": content}
+                    ]
+            messages.append({"role": m["role"], "content": content})
         kwargs: dict[str, Any] = {
-            "model": model,
-            "max_tokens": max_tokens or ANTHROPIC_DEFAULT_MAX_TOKENS,
-            "messages": [{"role": "user", "content": prompt}],
+            "model": req.model,
+            "max_tokens": req.max_tokens or ANTHROPIC_DEFAULT_MAX_TOKENS,
+            "messages": messages,
         }
-        if system:
-            kwargs["system"] = system
-        if temperature is not None:
-            kwargs["temperature"] = temperature
-        if timeout is not None:
-            kwargs["timeout"] = timeout
+        if req.system:
+            kwargs["system"] = req.system
+        if req.temperature is not None:
+            kwargs["temperature"] = req.temperature
+        if req.timeout is not None:
+            kwargs["timeout"] = req.timeout
+        if req.schema is not None:  # tool mode: the forced tool's input is the structured reply
+            kwargs["tools"] = [
+                {
+                    "name": "output",
+                    "description": "Return the answer as this tool's input.",
+                    "input_schema": req.schema,
+                }
+            ]
+            kwargs["tool_choice"] = {"type": "tool", "name": "output"}
         try:
             resp = await self.client.messages.create(**kwargs)
         except self._sdk.AnthropicError as exc:
-            raise _map_sdk_error(exc, "anthropic", self._sdk, self._secrets, timeout) from None
-        text = "".join(
-            getattr(block, "text", "") or ""
-            for block in (getattr(resp, "content", None) or [])
-            if getattr(block, "type", "") == "text"
-        )
+            raise _map_sdk_error(exc, "anthropic", self._sdk, self._secrets, req.timeout) from None
+        blocks = getattr(resp, "content", None) or []
+        tool = next((b for b in blocks if getattr(b, "type", "") == "tool_use"), None)
+        if req.schema is not None and tool is not None:
+            text = json.dumps(getattr(tool, "input", None), ensure_ascii=False)
+        else:
+            text = "".join(
+                getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", "") == "text"
+            )
         usage = getattr(resp, "usage", None)
         tin = int(getattr(usage, "input_tokens", 0) or 0)
         tout = int(getattr(usage, "output_tokens", 0) or 0)
@@ -313,9 +395,90 @@ class AnthropicProvider(LLMProvider):
         await self.client.close()
 
 
+def _anthropic_image(img: Image) -> dict[str, Any]:
+    if img.url:
+        return {"type": "image", "source": {"type": "url", "url": img.url}}
+    source = {"type": "base64", "media_type": img.media_type, "data": img.data}
+    return {"type": "image", "source": source}
+
+
+class OllamaProvider(OpenAIProvider):
+    """A local Ollama server through its OpenAI-compatible API (``ollama/<model>``):
+    ``OLLAMA_BASE_URL`` (default http://localhost:11434/v1), no key."""
+
+    name = "ollama"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        base = env.get("OLLAMA_BASE_URL") or OLLAMA_DEFAULT_URL
+        super().__init__(api_key=_PLACEHOLDER_KEY, base_url=base, env={})
+
+
+# --------------------------------------------------------------------------- offline: echo
+
+
+def latency_seconds(spec: Any, seed: str = "") -> float:
+    """A simulated latency: a number of seconds, or a range ``[lo, hi]`` / ``"lo-hi"`` from
+    which each call takes a value fixed by a hash of `seed` (its prompt): realistic spread, and
+    the same on every run."""
+    if spec is None or spec == "":
+        return 0.0
+    if isinstance(spec, str):
+        lo_s, sep, hi_s = spec.strip().partition("-")
+        spec = [lo_s, hi_s] if sep and lo_s else spec
+    if isinstance(spec, list | tuple):
+        if len(spec) != 2:
+            raise NodeError(f"latency range must be [low, high], got {spec!r}", retryable=False)
+        try:
+            lo, hi = float(spec[0]), float(spec[1])
+        except (TypeError, ValueError):
+            raise NodeError(f"latency must be numbers, got {spec!r}", retryable=False) from None
+        frac = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=4).digest(), "big")
+        return max(0.0, lo + (hi - lo) * frac / 0xFFFFFFFF)
+    try:
+        return max(0.0, float(spec))
+    except (TypeError, ValueError):
+        raise NodeError(f"latency must be seconds, got {spec!r}", retryable=False) from None
+
+
+def word_usage(prompt: str, system: str | None, text: str) -> dict[str, int]:
+    """Token counts for offline answers: words, as the loopback mock counts them."""
+    tin = len(prompt.split()) + len((system or "").split())
+    tout = len(text.split())
+    return {"input_tokens": tin, "output_tokens": tout, "total_tokens": tin + tout}
+
+
+class EchoProvider(LLMProvider):
+    """Offline, no key, no network: answers ``echo: <prompt>``, or with a schema a value that
+    satisfies it (strings taken from the prompt's lines), after the request's `latency` (else
+    ``FANFLOW_ECHO_LATENCY``)."""
+
+    name = "echo"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self.default_latency: Any = env.get("FANFLOW_ECHO_LATENCY") or None
+
+    async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
+        from fanflow.io.schema import synthesize
+
+        prompt = next((m["content"] for m in req.messages if m["role"] == "user"), "")
+        spec = req.latency if req.latency is not None else self.default_latency
+        delay = latency_seconds(spec, prompt)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if req.schema is not None:
+            text = json.dumps(synthesize(req.schema, prompt), ensure_ascii=False)
+        else:
+            text = f"echo: {prompt}"
+        return text, word_usage(prompt, req.system, text)
+
+
 _PROVIDERS: dict[str, Callable[[], LLMProvider]] = {
     "openai": OpenAIProvider,
     "anthropic": AnthropicProvider,
+    "ollama": OllamaProvider,
+    "echo": EchoProvider,
 }
 
 
@@ -377,21 +540,27 @@ def preflight_llm(params: Mapping[str, Any], env: Mapping[str, str] | None = Non
             return missing_key_message("anthropic")
     elif provider not in _PROVIDERS:
         return f"unknown LLM provider {provider!r}"
-    return None
+    return None  # echo, ollama and registered providers need no key of ours
 
 
 __all__ = [
     "DEFAULT_MODEL",
     "AnthropicProvider",
+    "ChatRequest",
+    "EchoProvider",
+    "Image",
     "LLMProvider",
+    "OllamaProvider",
     "OpenAIProvider",
     "body_excerpt",
     "get_provider",
     "is_transient_status",
+    "latency_seconds",
     "missing_key_message",
     "parse_retry_after",
     "preflight_llm",
     "redact",
     "register_provider",
     "resolve_model",
+    "word_usage",
 ]

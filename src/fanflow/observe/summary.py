@@ -54,10 +54,16 @@ class SummaryCollector:
     def close(self) -> None:
         pass
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, store: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`store`: the run's node outputs, from which the llm usage and cost are added."""
         built = self._rec.build()
         with gc_paused():
-            return summarize(built, self._rec.meta())
+            out = summarize(built, self._rec.meta())
+        if store:
+            usage = llm_usage(store)
+            if usage is not None:
+                out["llm"] = usage
+        return out
 
 
 def _union_length(intervals: list[tuple[float, float]]) -> float:
@@ -170,6 +176,66 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def llm_usage(store: dict[str, Any]) -> dict[str, Any] | None:
+    """Token usage and estimated cost of the run's llm calls, per node and in total, read from
+    the `llm_usage` outputs (a batch's items are summed; a loop's node counts its last visit).
+    `cost_usd` sums the known costs; `cost_unknown` lists the models with no price."""
+    by_node: dict[str, dict[str, Any]] = {}
+    for node, outputs in store.items():
+        if not isinstance(outputs, dict):
+            continue
+        found = [outputs.get("llm_usage")]
+        results = outputs.get("results")
+        if found[0] is None and isinstance(results, list):
+            found = [r.get("llm_usage") for r in results if isinstance(r, dict)]
+        entries = [u for u in found if isinstance(u, dict) and "input_tokens" in u]
+        if entries:
+            by_node[node] = _add_usage(entries)
+    if not by_node:
+        return None
+    total = _add_usage(list(by_node.values()))
+    return {**total, "by_node": by_node}
+
+
+def _add_usage(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"calls": 0, "requests": 0, "cached": 0, "mocked": 0,
+                           "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+                           "cost_usd": 0.0, "cost_unknown": []}  # fmt: skip
+    unknown: set[str] = set()
+    for u in entries:
+        single = "calls" not in u  # one call's llm_usage, or an already added node
+        out["calls"] += 1 if single else u["calls"]
+        out["requests"] += int(u.get("requests", 1) or 0)
+        out["cached"] += (1 if u.get("cached") else 0) if single else u["cached"]
+        out["mocked"] += (1 if u.get("mocked") else 0) if single else u["mocked"]
+        for key in ("input_tokens", "output_tokens", "total_tokens"):
+            out[key] += int(u.get(key) or 0)
+        cost = u.get("cost_usd")
+        if cost is not None:
+            out["cost_usd"] += float(cost)
+        if single and cost is None:
+            unknown.add(str(u.get("model") or "?"))
+        unknown.update(u.get("cost_unknown") or ())
+    out["cost_usd"] = round(out["cost_usd"], 8)
+    out["cost_unknown"] = sorted(unknown)
+    return out
+
+
+def format_llm_usage(u: dict[str, Any]) -> str:
+    notes = [f"{u[k]} {k}" for k in ("cached", "mocked") if u.get(k)]
+    line = f"  llm: {u['calls']} calls" + (f" ({', '.join(notes)})" if notes else "")
+    if u["requests"] != u["calls"] - u["cached"] - u["mocked"]:
+        line += f", {u['requests']} requests"
+    line += f", {u['input_tokens']:,} tokens in / {u['output_tokens']:,} out"
+    unknown = u.get("cost_unknown") or []
+    if unknown and not u["cost_usd"]:
+        return line + f", cost unknown ({', '.join(unknown)})"
+    line += f", est. ${u['cost_usd']:.4f}"
+    if unknown:
+        line += f" + cost unknown for {', '.join(unknown)}"
+    return line
+
+
 _NOT_ON_PATH = (SKIPPED, CANCELLED)  # cancelled nodes stop because something else failed
 
 
@@ -270,6 +336,8 @@ def format_summary(d: dict[str, Any]) -> str:
         extra.append(f"failed items: {d['failed_items']}")
     if extra:
         lines.append("  " + ", ".join(extra))
+    if d.get("llm"):
+        lines.append(format_llm_usage(d["llm"]))
     for f in d.get("failures") or []:
         where = f["node"] + (f"[{f['item']}]" if "item" in f else "")
         if f.get("handled"):

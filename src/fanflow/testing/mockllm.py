@@ -36,6 +36,13 @@ Per-request delay for the LLM endpoints: header ``X-Mock-Delay: <seconds>``, or 
 ``[delay=<seconds>]`` anywhere in the prompt (useful from workflows, which cannot set headers).
 The marker ``[status=<code>]`` in the prompt makes that request fail with that status.
 
+Structured output: a request with OpenAI's ``response_format`` (json_schema) or Anthropic's
+forced tool (``tool_choice`` ``{"type": "tool"}``) is answered with a value that satisfies the
+schema (strings from the prompt's lines), as JSON content / a ``tool_use`` block. Markers in the
+first user message: ``[bad_json=N]`` / ``[mismatch=N]`` make the first N answers of that
+conversation unparsable / off-schema (so a repair turn can be tested). Each request's record in
+``/stats`` has ``structured`` (the mode or null) and ``images`` (image parts received).
+
 Authentication: with ``api_key=...`` the LLM endpoints answer 401 unless the request carries
 that key — and, like real providers, the 401 message quotes the key it got, so tests can check
 that callers keep keys out of their own error messages.
@@ -402,10 +409,27 @@ class _Server:
 
         if not await self._sleep_unless_dropped(delay, conn):
             return None
+        structured, schema = _structured(payload, anthropic)
+        with self.lock:
+            for rec in reversed(self.requests):
+                if rec.get("task") is asyncio.current_task():
+                    rec["structured"] = structured
+                    rec["images"] = _image_count(messages)
+                    break
         text = f"echo: {prompt}"
+        value: Any = None
+        if structured:
+            value, text = _structured_answer(messages, schema, anthropic)
         tokens_in = len(prompt.split()) + len(str(system or "").split())
         tokens_out = len(text.split())
         if anthropic:
+            if structured and value is not None:
+                content: list[dict[str, Any]] = [
+                    {"type": "tool_use", "id": "toolu_mock", "name": structured_tool(payload),
+                     "input": value}
+                ]  # fmt: skip
+            else:
+                content = [{"type": "text", "text": text}]
             return _json(
                 200,
                 {
@@ -413,8 +437,8 @@ class _Server:
                     "type": "message",
                     "role": "assistant",
                     "model": model,
-                    "content": [{"type": "text", "text": text}],
-                    "stop_reason": "end_turn",
+                    "content": content,
+                    "stop_reason": "tool_use" if structured and value is not None else "end_turn",
                     "stop_sequence": None,
                     "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
                 },
@@ -440,6 +464,67 @@ class _Server:
                 },
             },
         )
+
+
+_BAD_JSON_RE = re.compile(r"\[bad_json=(\d+)\]")
+_MISMATCH_RE = re.compile(r"\[mismatch=(\d+)\]")
+
+
+def _structured(payload: dict[str, Any], anthropic: bool) -> tuple[str | None, Any]:
+    """Which native structured-output mode the request asked for, and its schema."""
+    if anthropic:
+        tools = payload.get("tools") or []
+        choice = payload.get("tool_choice") or {}
+        if tools and choice.get("type") == "tool":
+            tool = next((t for t in tools if t.get("name") == choice.get("name")), tools[0])
+            return "tool", tool.get("input_schema") or {}
+        return None, None
+    fmt = payload.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return "json_schema", (fmt.get("json_schema") or {}).get("schema") or {}
+    if fmt.get("type") == "json_object":
+        return "json_object", {}
+    return None, None
+
+
+def structured_tool(payload: dict[str, Any]) -> str:
+    return str((payload.get("tool_choice") or {}).get("name") or "output")
+
+
+def _structured_answer(messages: list[Any], schema: Any, anthropic: bool) -> tuple[Any, str]:
+    """A value satisfying the schema, built from the first user message — unless that message
+    asks for failures: ``[bad_json=N]`` / ``[mismatch=N]`` make the first N answers of the
+    conversation (counted by the assistant turns already in it) unparsable / off-schema."""
+    from fanflow.io.schema import synthesize
+
+    first = next(
+        (_content_text(m.get("content")) for m in messages
+         if isinstance(m, dict) and m.get("role") == "user"),
+        "",
+    )  # fmt: skip
+    turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+    m = _BAD_JSON_RE.search(first)
+    if m and turn < int(m.group(1)):
+        return None, 'Sure! Here is the JSON you asked for: {"oops": '
+    m = _MISMATCH_RE.search(first)
+    if m and turn < int(m.group(1)):
+        value: Any = {"unexpected": True} if anthropic else []
+        return value, json.dumps(value)
+    value = synthesize(schema if isinstance(schema, dict) else {}, first)
+    return value, json.dumps(value)
+
+
+def _image_count(messages: list[Any]) -> int:
+    count = 0
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            count += sum(
+                1
+                for p in content
+                if isinstance(p, dict) and p.get("type") in ("image_url", "image")
+            )
+    return count
 
 
 def _fmt_seconds(value: float) -> str:
