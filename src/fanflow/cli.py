@@ -37,6 +37,7 @@ LAZY_COMMANDS = {
     "nodes": ("fanflow.commands.nodes:nodes", "List node types, or describe one."),
     "timeline": ("fanflow.commands.timeline:timeline", "Render a trace file as an HTML timeline."),
     "schema": ("fanflow.cli:schema", "Print the JSON Schema of the workflow format."),
+    "convert": ("fanflow.commands.convert:convert", "Convert between .pflow.md and JSON."),
 }
 
 
@@ -70,6 +71,62 @@ def wants_json(argv: Sequence[str]) -> bool:
     return found == "json"
 
 
+_VALUE_OPTIONS = {"--output-format", "--max-concurrent", "--trace", "--timeline", "--limit",
+                  "--resume", "--store"}  # fmt: skip
+
+
+def implicit_run(argv: list[str], group: click.Group) -> list[str]:
+    """pflow's habit: `fanflow x.pflow.md key=value` (no `run` word). An existing file as the
+    first argument, after any options, means `run`."""
+    names = {*group.commands, *LAZY_COMMANDS}
+    for i, word in enumerate(argv):
+        if word == "--":
+            return argv
+        if word.startswith("-"):
+            continue
+        if i > 0 and argv[i - 1] in _VALUE_OPTIONS:
+            continue
+        if word not in names and Path(word).is_file():
+            return ["run", *argv]
+        return argv
+    return argv
+
+
+def _piped() -> bool:
+    try:
+        return sys.stdin is not None and not sys.stdin.isatty()
+    except (OSError, ValueError):  # closed
+        return False
+
+
+def _stdin_input(workflow: str) -> str | None:
+    """The input a workflow declares with `stdin: true` (pflow's piped-data input), if any."""
+    path = Path(workflow)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None  # the loader reports it
+    from fanflow.load.reader import is_pflow_markdown
+
+    try:
+        if is_pflow_markdown(path, text):
+            from fanflow.load.pflow_md import PflowMdError, parse_pflow_md
+
+            try:
+                inputs = parse_pflow_md(text).ir.get("inputs", {})
+            except PflowMdError:
+                return None
+        else:
+            inputs = json.loads(text).get("inputs", {})
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(inputs, dict):
+        return None
+    return next(
+        (k for k, v in inputs.items() if isinstance(v, dict) and v.get("stdin") is True), None
+    )
+
+
 class LazyGroup(click.Group):
     def main(
         self,
@@ -84,7 +141,7 @@ class LazyGroup(click.Group):
         one JSON object on stdout when JSON was asked for, and never a traceback."""
         if not standalone_mode:  # embedders asked for click's exceptions
             return super().main(args, prog_name, complete_var, False, **extra)
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = implicit_run(list(sys.argv[1:] if args is None else args), self)
         fmt = "json" if wants_json(argv) else "text"
         try:
             rv = super().main(argv, prog_name, complete_var, False, **extra)
@@ -243,17 +300,27 @@ _FORMAT_OPTION = click.option(
 )
 
 
+_DATA_ORDER_OPTION = click.option(
+    "--data-order",
+    is_flag=True,
+    default=None,
+    help="pflow files: order steps by the data they read, not document order (runs "
+    "independent steps in parallel; docs/pflow.md).",
+)
+
+
 @main.command()
 @click.argument("workflow", type=click.Path())
 @_FORMAT_OPTION
-def validate(workflow: str, output_format: str) -> None:
+@_DATA_ORDER_OPTION
+def validate(workflow: str, output_format: str, data_order: bool | None) -> None:
     """Run every static check on WORKFLOW; execute nothing."""
     from fanflow._gc import gc_paused
     from fanflow.compile.compiled import compile_workflow
-    from fanflow.load.reader import parse_source
+    from fanflow.load.reader import data_order_override, parse_source
 
     try:
-        with gc_paused():
+        with gc_paused(), data_order_override(data_order):
             compiled = compile_workflow(parse_source(_workflow_file(workflow)))
     except FanflowError as exc:
         fail(exc, output_format)
@@ -313,19 +380,27 @@ def validate(workflow: str, output_format: str) -> None:
     help="Run store: a runs.db file or its folder (default .fanflow/ or $FANFLOW_HOME).",
 )
 @click.option("--no-checkpoint", is_flag=True, help="Do not record this run in the run store.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--no-cache", is_flag=True, help="Bypass the llm response cache (docs/llm.md).")
+@click.option("-q", "--quiet", "-p", is_flag=True, help="No progress on stderr (-p as in pflow).")
+@_DATA_ORDER_OPTION
 def run(
     workflow: str, inputs: tuple[str, ...], max_concurrent: int | None, output_format: str,
     trace_path: str | None, timeline_path: str | None, limit_specs: tuple[str, ...],
     resume_ref: str | None, store_path: str | None, no_checkpoint: bool, quiet: bool,
+    data_order: bool | None, no_cache: bool,
 ) -> None:  # fmt: skip
-    """Run WORKFLOW with inputs given as name=value."""
+    """Run WORKFLOW with inputs given as name=value (data piped in goes to a `stdin: true`
+    input)."""
     import fanflow
+    from fanflow.load.reader import data_order_override
     from fanflow.validate.inputs import parse_cli_pairs
 
     try:
         pairs = parse_cli_pairs(inputs)
-        with _stdout_to_stderr():
+        stdin_input = _stdin_input(workflow) if _piped() else None
+        if stdin_input is not None and stdin_input not in pairs:  # pflow's piped data
+            pairs[stdin_input] = sys.stdin.read()
+        with _stdout_to_stderr(), data_order_override(data_order):
             result = fanflow.run(
                 _workflow_file(workflow), pairs if pairs or not resume_ref else None,
                 inputs_from_text=True, max_concurrent=max_concurrent, limits=limit_specs,
@@ -333,6 +408,7 @@ def run(
                 checkpoint=not no_checkpoint,
                 resume=resume_ref, trace=trace_path, timeline=timeline_path,
                 progress=None if quiet else sys.stderr, summary=True, handle_signals=True,
+                cache=not no_cache,
             )  # fmt: skip
     except FanflowError as exc:
         from fanflow.store.runs import UnknownRun

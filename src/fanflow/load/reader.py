@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +13,26 @@ from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.load.model import SchemaError, SchemaInvalid, Workflow, field_path
 from fanflow.load.pipeline import map_pipeline_paths
 
+# `--data-order` on the command line: read pflow files in data order whatever their frontmatter.
+_data_order_override: bool | None = None
 
-def read_document(path: str | Path) -> dict[str, Any]:
+
+@contextlib.contextmanager
+def data_order_override(value: bool | None) -> Iterator[None]:
+    """While active, `.pflow.md` files are read in data order (True) or document order (False);
+    None leaves it to each file's frontmatter (`parallel: true`)."""
+    global _data_order_override
+    saved, _data_order_override = _data_order_override, value
+    try:
+        yield
+    finally:
+        _data_order_override = saved
+
+
+def read_document(path: str | Path, *, data_order: bool | None = None) -> dict[str, Any]:
+    """Read a workflow file into fanflow's IR dict: JSON as is; a `.pflow.md` file (by extension,
+    or a markdown file whose content is a pflow workflow) through fanflow.load.pflow_md.
+    `data_order` (pflow files only) overrides the frontmatter's `parallel:` key."""
     path = Path(path)
     name = str(path)
     try:
@@ -22,6 +43,8 @@ def read_document(path: str | Path) -> dict[str, Any]:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowInvalid([Problem(f"cannot read the file: {exc}", file=name)]) from None
+    if is_pflow_markdown(path, text):
+        return _read_pflow(text, path, data_order)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -41,6 +64,42 @@ def read_document(path: str | Path) -> dict[str, Any]:
     return doc
 
 
+def is_pflow_markdown(path: Path, text: str) -> bool:
+    if path.name.endswith(".pflow.md"):
+        return True
+    if path.suffix.lower() in (".md", ".markdown"):
+        from fanflow.load.pflow_md import looks_like_pflow_md
+
+        return looks_like_pflow_md(text)
+    return False
+
+
+def _read_pflow(text: str, path: Path, data_order: bool | None) -> dict[str, Any]:
+    from fanflow.load.pflow_md import apply_data_order, read_pflow_md
+
+    name = str(path)
+    doc = read_pflow_md(text, name, path.parent)
+    if data_order is None:
+        data_order = _data_order_override
+    ordered = data_order if data_order is not None else bool((doc.metadata or {}).get("parallel"))
+    pflow_ir = apply_data_order(doc.ir) if ordered else doc.ir
+    try:  # pflow IR -> fanflow IR: fanflow.load.pflow_ir (issue 13 part 2)
+        translate = importlib.import_module("fanflow.load.pflow_ir").from_pflow_ir
+    except ImportError:  # pragma: no cover - only before part 2 lands
+        raise WorkflowInvalid(
+            [Problem("this fanflow cannot run pflow workflows yet", file=name)]
+        ) from None
+    result: dict[str, Any] = translate(pflow_ir, name)
+    meta = doc.metadata or {}
+    if isinstance(meta.get("fanflow"), dict):  # settings `fanflow convert` kept (docs/pflow.md)
+        result.update(meta["fanflow"])
+    if doc.title and not result.get("name"):
+        result["name"] = meta.get("name") if isinstance(meta.get("name"), str) else doc.title
+    if doc.description and not result.get("description"):
+        result["description"] = doc.description
+    return result
+
+
 def _json_hint(text: str, exc: json.JSONDecodeError) -> str:
     line = text.splitlines()[exc.lineno - 1] if 0 < exc.lineno <= len(text.splitlines()) else ""
     pointer = " " * (exc.colno - 1) + "^"
@@ -57,6 +116,10 @@ def _json_hint(text: str, exc: json.JSONDecodeError) -> str:
 def parse_workflow(doc: dict[str, Any], file: str | None = None) -> Workflow:
     """Validate the document's shape. Raises WorkflowInvalid listing every schema problem."""
     paths: dict[str, str] | None = None
+    from fanflow.load.pflow_ir import from_pflow_ir, is_pflow_ir
+
+    if is_pflow_ir(doc):  # pflow's IR as pflow emits it (a JSON file or a dict)
+        doc = from_pflow_ir(doc, file)
     if "pipeline" in doc:
         from fanflow.load.pipeline import normalise_pipeline_with_paths
 
