@@ -514,8 +514,9 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
 - `items`: a `${...}` template giving a list, or an inline JSON list.
 - `as` (default `item`), `parallel` (default false = one item at a time), `max_concurrent`
   (default 10; only with parallel), `error_handling` (`fail_fast` default: the first failure
-  cancels the rest; `continue`: every item runs), `max_retries` (attempts per item, default 1 =
-  no retry), `retry_wait` (seconds between attempts).
+  cancels the rest; `continue`: every item runs), `max_retries` (pflow's name; it counts
+  attempts per item, the first included: default 1 = no retry), `retry_wait` (seconds between
+  attempts).
 - Outputs: `results` (one entry per item, in item order, null for a failed item; each entry is
   that item's node outputs, e.g. `${map.results[0].response}`), `count`, `success_count`,
   `error_count`, `errors` (`[{"index", "item", "error"}]`), `batch_metadata` (timing).
@@ -584,6 +585,34 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   skipped, independent branches run to completion; the run still reports failure (exit 1).
 - Per node: an `error` edge handles its failure; `retry` retries it; in a batch,
   `error_handling: "continue"` keeps the other items.
+
+## Answers to common doubts
+
+- Loop carry: a node in a loop reads the previous pass with a fallback for the first one,
+  `"prev": "${review.result ?? setup.result}"`; outputs and later nodes see the last pass. A loop
+  needs no `start_node`: the edge from a setup step enters it. Past `max_visits` the node fails
+  the run ("loop ran node 'x' more than N times").
+- Joins: several edges into a node wait for all of them; after an if/else the edges that did not
+  fire are dead, so the join runs once, after the branch that ran. `${a.x ?? b.x}` skips a
+  skipped `a`. A code node that sets `next` need not set `result` (it is then null). `next`
+  naming an action with no edge ends that path: nodes only it would reach are skipped. A
+  `first` merge starts on the first input to succeed, in the pipeline form too.
+- Retries: `retry.max_attempts` and batch `max_retries` both count attempts, the first try
+  included (1 = no retry). A shell command exiting non-zero is retried like any failure.
+  `retry` defaults: 3 attempts, `wait` 1 s, `backoff` exponential with jitter (each wait is
+  `wait·2^(n-1)` times 0.5–1, at most `max_wait` 30 s); `"backoff": "fixed"` waits exactly
+  `wait`. http and llm make up to 3 attempts by themselves on 429, 5xx and timeouts
+  (honouring Retry-After); `"retry": {"max_attempts": 1}` turns that off.
+- Data: a whole-value template keeps the value's type, and text stays text (a shell printing
+  `42` gives the string "42"; read into JSON text with `${s.stdout.key}`). `ignore_errors`
+  keeps `exit_code` and ends with action `default`. Merge inputs may mix text and templates
+  (`"x ${a.result}"` renders as text). Code sees only its `inputs` (not the workflow's inputs
+  nor the batch item unless listed: `"inputs": {"item": "${item}"}`); an `import csv` in the
+  code replaces an input named `csv`. Relative paths resolve against the directory fanflow
+  runs in; `file_path` returns the path as given; a batch over an empty list succeeds with
+  `results: []`, `count: 0`.
+- Order: with no edges at all, nodes run in array order, a node after those it reads. Once any
+  edge exists, nodes with no edge and no read between them run at the same time.
 
 ## Complete examples
 

@@ -153,6 +153,12 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
             add(Problem(f"template ${{{ref.text}}} names unknown node or input '{ref.root}'",
                         file, field, node_id, hint))  # fmt: skip
             return
+        if ref.root == node_id:
+            add(Problem(f"node '{node_id}' reads its own output ${{{ref.text}}}", file, field,
+                        node_id, "a node's outputs exist only once it has run; to carry a value "
+                        "round a loop, read it from the node after this one with a fallback for "
+                        "the first pass, e.g. ${review.result ?? setup.result}"))  # fmt: skip
+            return
         key = ref.first_key
         if key is None:
             return
