@@ -12,7 +12,29 @@ from typing import Any
 
 import pytest
 
+from fanflow.testing.mockllm import MockLLMServer
+
 FANFLOW = [sys.executable, "-m", "fanflow"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A mock OpenAI/Anthropic server on loopback, shared by a test module."""
+    with MockLLMServer(delay=0.0) as srv:
+        yield srv
+
+
+def point_llm_at(
+    server: MockLLMServer, monkeypatch: pytest.MonkeyPatch, *, anthropic: bool = False
+) -> MockLLMServer:
+    """Reset the mock and point the openai (and anthropic) providers at it with test keys."""
+    server.reset()
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    if anthropic:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    return server
 
 
 @dataclass

@@ -14,6 +14,7 @@ import httpx2
 import pytest
 
 import fanflow
+from conftest import point_llm_at
 from fanflow.errors import NodeError
 from fanflow.events import EventBus
 from fanflow.execute.context import RunContext
@@ -25,18 +26,10 @@ from fanflow.nodes.llm import LlmNode
 from fanflow.testing.mockllm import MockLLMServer
 
 
-@pytest.fixture(scope="module")
-def server():
-    with MockLLMServer(delay=0.0) as srv:
-        yield srv
-
-
 @pytest.fixture
 def mock(server, monkeypatch):
-    server.reset()
+    point_llm_at(server, monkeypatch)
     server.control(fail_next=0, delay=0.0, retry_after=None, fail_status=429)
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
     monkeypatch.delenv("FANFLOW_LLM_MODEL", raising=False)
     return server
 

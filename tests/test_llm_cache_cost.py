@@ -9,24 +9,13 @@ from typing import Any
 import pytest
 
 import fanflow
-from conftest import run_cli, wf
+from conftest import point_llm_at, run_cli, wf
 from fanflow.io.prices import estimate_cost, price_of
-from fanflow.testing.mockllm import MockLLMServer
-
-
-@pytest.fixture(scope="module")
-def server():
-    with MockLLMServer(delay=0.0) as srv:
-        yield srv
 
 
 @pytest.fixture
 def mock(server, monkeypatch):
-    server.reset()
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    point_llm_at(server, monkeypatch, anthropic=True)
     for var in ("FANFLOW_LLM_MODEL", "FANFLOW_LIMITS", "FANFLOW_LLM_CACHE", "FANFLOW_PRICES"):
         monkeypatch.delenv(var, raising=False)
     return server

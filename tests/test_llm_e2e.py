@@ -17,12 +17,6 @@ from conftest import FANFLOW, run_cli, wf
 from fanflow.testing.mockllm import MockLLMServer
 
 
-@pytest.fixture(scope="module")
-def server():
-    with MockLLMServer(delay=0.0) as srv:
-        yield srv
-
-
 @pytest.fixture
 def mock(server):
     server.reset()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import fanflow
-from conftest import run_cli, wf
+from conftest import point_llm_at, run_cli, wf
 from fanflow.errors import WorkflowInvalid
 from fanflow.io.schema import (
     SchemaProblem,
@@ -17,25 +17,14 @@ from fanflow.io.schema import (
     synthesize,
     validation_error,
 )
-from fanflow.testing.mockllm import MockLLMServer
 
 ITEMS = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
          "required": ["items"], "additionalProperties": False}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def server():
-    with MockLLMServer(delay=0.0) as srv:
-        yield srv
-
-
 @pytest.fixture
 def mock(server, monkeypatch):
-    server.reset()
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    point_llm_at(server, monkeypatch, anthropic=True)
     monkeypatch.setenv("FANFLOW_LLM_CACHE", "0")
     monkeypatch.delenv("FANFLOW_LLM_MODEL", raising=False)
     monkeypatch.delenv("FANFLOW_LIMITS", raising=False)

@@ -264,20 +264,11 @@ class OpenAIProvider(LLMProvider):
         )
 
     async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
-        messages: list[dict[str, Any]] = []
+        messages = _with_images(req, lambda text: [{"type": "text", "text": text}] + [
+            {"type": "image_url", "image_url": {"url": img.as_url()}} for img in req.images
+        ])  # fmt: skip
         if req.system:
-            messages.append({"role": "system", "content": req.system})
-        first_user = True
-        for m in req.messages:
-            content: Any = m["content"]
-            if m["role"] == "user" and first_user:
-                first_user = False
-                if req.images:
-                    content = [{"type": "text", "text": content}] + [
-                        {"type": "image_url", "image_url": {"url": img.as_url()}}
-                        for img in req.images
-                    ]
-            messages.append({"role": m["role"], "content": content})
+            messages.insert(0, {"role": "system", "content": req.system})
         kwargs: dict[str, Any] = {"model": req.model, "messages": messages}
         if req.temperature is not None:
             kwargs["temperature"] = req.temperature
@@ -343,17 +334,9 @@ class AnthropicProvider(LLMProvider):
         self.client = anthropic.AsyncAnthropic(**kwargs)
 
     async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
-        messages: list[dict[str, Any]] = []
-        first_user = True
-        for m in req.messages:
-            content: Any = m["content"]
-            if m["role"] == "user" and first_user:
-                first_user = False
-                if req.images:
-                    content = [_anthropic_image(img) for img in req.images] + [
-                        {"type": "text", "text": content}
-                    ]
-            messages.append({"role": m["role"], "content": content})
+        messages = _with_images(req, lambda text: [
+            *(_anthropic_image(img) for img in req.images), {"type": "text", "text": text}
+        ])  # fmt: skip
         kwargs: dict[str, Any] = {
             "model": req.model,
             "max_tokens": req.max_tokens or ANTHROPIC_DEFAULT_MAX_TOKENS,
@@ -393,6 +376,22 @@ class AnthropicProvider(LLMProvider):
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def _with_images(
+    req: ChatRequest, parts: Callable[[str], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The request's messages, the first user message's text turned into `parts(text)` (the
+    provider's text + image content parts) when the request has images."""
+    messages: list[dict[str, Any]] = []
+    first_user = bool(req.images)
+    for m in req.messages:
+        content: Any = m["content"]
+        if first_user and m["role"] == "user":
+            first_user = False
+            content = parts(content)
+        messages.append({"role": m["role"], "content": content})
+    return messages
 
 
 def _anthropic_image(img: Image) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def is_pflow_ir(doc: dict[str, Any]) -> bool:
     nodes = doc.get("nodes")
     if not isinstance(nodes, list):
         return False
-    keys = {"_source_line", *_BOOKKEEPING, *_DROPPED_NODE, "loop", "approval"}
+    keys = {*_BOOKKEEPING, *_DROPPED_NODE, *_UNSUPPORTED}
     for node in nodes:
         if isinstance(node, dict) and (keys & node.keys() or _pflow_retry(node.get("retry"))):
             return True

@@ -110,11 +110,10 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
                     add(Problem(f"missing required parameter '{key}'", file,
                                 f"nodes[{i}].params", node.id,
                                 f"add \"{key}\": … ({param.description or param.type})"))  # fmt: skip
-        for where, value, into in (
-            (("params", node.params, parsed),)
-            if node.batch is None
-            else (("params", node.params, parsed), ("batch.items", node.batch.items, parsed_items))
-        ):
+        targets: list[tuple[str, Any, dict[str, Any]]] = [("params", node.params, parsed)]
+        if node.batch is not None:
+            targets.append(("batch.items", node.batch.items, parsed_items))
+        for where, value, into in targets:
             try:
                 into[node.id] = templates.compile_value(value)  # parsed once, kept for the graph
             except templates.TemplateSyntaxError as exc:
