@@ -258,14 +258,15 @@ async def _execute(
     loop = asyncio.get_running_loop()
     bus = EventBus(listeners)
     threads = ThreadExecutor(loop, budget)
-    ctx = RunContext(run_id=run_id, bus=bus, threads=threads, loop=loop)
+    ctx = RunContext(run_id=run_id, bus=bus, threads=threads, loop=loop, workflow=wf)
     try:
         if wf.limits or limit_specs or os.environ.get("FANFLOW_LIMITS"):
             from fanflow.io.limits import LimitRegistry, merge_limits
 
             sections = {k: v.to_dict(exclude_none=True) for k, v in wf.limits.items()}
             ctx.limits = LimitRegistry(merge_limits(sections, limit_specs, os.environ)) or None
-        rs = RunState(compiled, values, ctx, Budget(budget), resume)
+        ctx.budget = Budget(budget)
+        rs = RunState(compiled, values, ctx, ctx.budget, resume)
         driver = Driver(rs)
         signals = _Signals(loop, driver) if handle_signals else None
         started = time.perf_counter()

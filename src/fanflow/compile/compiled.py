@@ -44,6 +44,7 @@ class NodePlan:
     batch: BatchSpec | None
     batch_items: Any  # compiled batch.items
     handles_error: bool  # an `error` edge leaves this node: a failure takes that edge
+    holds_slot: bool = True  # the class's holds_slot: its lifecycle takes a budget slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,7 @@ def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> Compil
             batch=spec.batch,
             batch_items=graph.batch_items.get(spec.id),
             handles_error=any(e.action == "error" for e in graph.out_edges[spec.id]),
+            holds_slot=kind.holds_slot,
         )
     join_first = [not c.is_loop and plans[c.entry].joins_on_first for c in graph.components]
     outputs = {name: templates.compile_value(o.source) for name, o in workflow.outputs.items()}
@@ -125,6 +127,7 @@ class _Kind:
     joins_on_first: Any
     resource_keys: Any
     policy: RetryPolicy  # when neither the IR's retry nor the batch's max_retries is given
+    holds_slot: bool
 
     @classmethod
     def of(cls, node_cls: Any) -> _Kind:
@@ -138,6 +141,7 @@ class _Kind:
             joins_on_first=getattr(node_cls, "joins_on_first", None),
             resource_keys=getattr(node_cls, "resource_keys", None),
             policy=_class_policy(node_cls),
+            holds_slot=bool(getattr(node_cls, "holds_slot", True)),
         )
 
 

@@ -20,6 +20,12 @@ class RunContext:
     # One limiter per resource ("llm:openai", "http:example.com", "node:shell"), shared by every
     # batch item and branch of the run. Built from the workflow's `limits` and CLI overrides.
     limits: Any = None  # fanflow.io.limits.LimitRegistry
+    # The workflow being run (fanflow.load.model.Workflow: its `source`, `mcp_servers`, …); a
+    # sub-workflow's run gets a copy of this context naming its own workflow.
+    workflow: Any = None
+    # The global --max-concurrent budget (fanflow.execute.budget.Budget), shared by nested runs.
+    budget: Any = None
+    depth: int = 0  # how deep in sub-workflows this run is (0: the top-level run)
     # One client per provider per run (never one per call); closed when the run ends.
     clients: dict[str, Any] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

@@ -91,26 +91,40 @@ async def _in_slot(
 ) -> Any:
     """prep → exec → post holding one slot of the global budget."""
     budget = rs.budget
+    if not plan.holds_slot:  # it only waits on executions that take their own slots
+        on_start()
+        rs.limit_waiters += 1  # it holds no slot: the scheduler lets other work go ahead
+        rs.on_limit_wait()
+        try:
+            return await _async_lifecycle(plan, node, shared, fallback)
+        finally:
+            rs.limit_waiters -= 1
     if not budget.take():
         await budget.wait()
     try:
         on_start()
         if not plan.is_async:
             return await rs.ctx.threads.submit(_sync, node, shared, fallback)
-        # The base class's prep returns the params and its post stores a dict result: when the
-        # class keeps them, they are done here instead of awaited (two coroutines per leaf).
-        prep = await node.prep_async(shared) if plan.own_prep else node.params
-        if fallback is None:
-            res = await node.exec_async(prep)
-        else:
-            res = await node.exec_fallback_async(prep, fallback)
-        if plan.own_post:
-            return await node.post_async(shared, prep, res)
-        if isinstance(res, dict):
-            shared.update(res)
-        return None
+        return await _async_lifecycle(plan, node, shared, fallback)
     finally:
         budget.release()
+
+
+async def _async_lifecycle(
+    plan: NodePlan, node: Any, shared: NodeShared, fallback: Exception | None
+) -> Any:
+    # The base class's prep returns the params and its post stores a dict result: when the
+    # class keeps them, they are done here instead of awaited (two coroutines per leaf).
+    prep = await node.prep_async(shared) if plan.own_prep else node.params
+    if fallback is None:
+        res = await node.exec_async(prep)
+    else:
+        res = await node.exec_fallback_async(prep, fallback)
+    if plan.own_post:
+        return await node.post_async(shared, prep, res)
+    if isinstance(res, dict):
+        shared.update(res)
+    return None
 
 
 def failure_message(exc: BaseException) -> str:

@@ -62,6 +62,11 @@ class Node:
     # `error` for every node, when an `error` edge takes a failure. An edge on any other action
     # is a validation error.
     actions: ClassVar[tuple[str, ...] | None] = None
+    # False for an async node that only waits on other executions (a sub-workflow): the engine
+    # then runs its lifecycle without a slot of the global budget, so nested runs never hold a
+    # slot while their leaves queue for one. Such a node takes `self.ctx.budget` slots itself
+    # for any work of its own.
+    holds_slot: ClassVar[bool] = True
 
     ctx: RunContext
     node_id: str
@@ -86,6 +91,15 @@ class Node:
         """Static checks of the node's params (as written, templates unparsed), run by
         `fanflow validate` and before every run. A plain string is a message about the params
         as a whole."""
+        return []
+
+    @classmethod
+    def validate_in_workflow(
+        cls, params: dict[str, Any], workflow: Any
+    ) -> list[str | ParamProblem]:
+        """Static checks that need the whole workflow (a `fanflow.load.model.Workflow`, whose
+        `source` is the file it came from): a sub-workflow's file, an MCP server the workflow
+        configures. Reported like `validate_params`."""
         return []
 
     @classmethod

@@ -95,7 +95,11 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
                                     file, f"nodes[{i}].params.{key}", node.id,
                                     _hint(key, spec, f"`fanflow nodes {node.type}` lists them")))  # fmt: skip
             hook = getattr(cls, "validate_params", None)
-            for found in hook(node.params) if hook is not None else ():
+            found_all = list(hook(node.params)) if hook is not None else []
+            in_workflow = getattr(cls, "validate_in_workflow", None)
+            if in_workflow is not None:
+                found_all += in_workflow(node.params, workflow)
+            for found in found_all:
                 if isinstance(found, ParamProblem):
                     where = f"nodes[{i}].params" + (f".{found.param}" if found.param else "")
                     add(Problem(found.message, file, where, node.id, found.hint))
