@@ -35,7 +35,12 @@ def llm_batch(node_id: str, n: int, model: str = "bench") -> dict[str, Any]:
 
 
 def one_batch(n: int, limit: int | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"ir_version": "0.1.0", "nodes": [llm_batch("ask", n)]}
+    # the global budget (default 256) must not be what caps the fan-out
+    doc: dict[str, Any] = {
+        "ir_version": "0.1.0",
+        "max_concurrent": n,
+        "nodes": [llm_batch("ask", n)],
+    }
     if limit:
         doc["limits"] = {"llm:openai": {"concurrency": limit}}
     return doc
@@ -45,6 +50,7 @@ def two_branches(n: int, limit: int) -> dict[str, Any]:
     half = n // 2
     return {
         "ir_version": "0.1.0",
+        "max_concurrent": n,
         "limits": {"llm:openai": {"concurrency": limit}},
         "nodes": [
             {"id": "start", "type": "code", "params": {"code": "result = 1"}},
@@ -90,17 +96,51 @@ class MockProcess:
         self.proc.wait(timeout=5)
 
 
-def measure(mock: MockProcess, doc: dict[str, Any], repeats: int) -> tuple[list[float], int]:
+def measure(mock: MockProcess, doc: dict[str, Any], repeats: int) -> tuple[list[float], int, float]:
+    """Wall times, the server's peak in flight, and the client's CPU seconds per call (this
+    process only: the mock serves from its own process)."""
     workflow = fanflow.compile_workflow(doc)
-    times, peak = [], 0
+    times, peak, cpu = [], 0, []
     for _ in range(repeats):
         mock.call("/reset", {})
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         result = fanflow.run(workflow)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         assert result.ok, result.error
-        peak = max(peak, mock.call("/stats")["max_in_flight"])
-    return times, peak
+        stats = mock.call("/stats")
+        peak = max(peak, stats["max_in_flight"])
+        calls = stats["total"]
+    return times, peak, statistics.median(cpu) / max(calls, 1)
+
+
+def raw_floor(mock: MockProcess, n: int, repeats: int) -> tuple[float, float]:
+    """The no-engine floor in the same run: n concurrent chat POSTs from plain asyncio over one
+    aiohttp session (what fanflow's providers use). Median wall, CPU seconds per call."""
+    import asyncio
+
+    import aiohttp
+
+    body = {"model": "bench", "messages": [{"role": "user", "content": "floor"}]}
+    headers = {"content-type": "application/json", "authorization": "Bearer bench-key"}
+
+    async def go() -> tuple[float, float]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+            async def one() -> None:
+                async with session.post(
+                    mock.url + "/v1/chat/completions", data=json.dumps(body).encode()
+                ) as resp:
+                    json.loads(await resp.read())
+
+            await asyncio.gather(*(one() for _ in range(min(n, 20))))  # warm connections
+            c0, t0 = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(n)))
+            return time.perf_counter() - t0, (time.process_time() - c0) / n
+
+    runs = [asyncio.run(go()) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def cli_wall(doc: dict[str, Any]) -> float:
@@ -150,7 +190,10 @@ def main() -> int:
     print(
         f"mock latency {delay} s, {n} calls, median of {args.repeats} runs (python {sys.version.split()[0]})"
     )
-    header = f"{'scenario':40} {'ideal':>7} {'median':>8} {'best':>8} {'ratio':>6} {'max@srv':>8}"
+    header = (
+        f"{'scenario':40} {'ideal':>7} {'median':>8} {'best':>8} {'ratio':>6} {'max@srv':>8}"
+        f" {'cpu/call':>9}"
+    )
     if args.cli:
         header += f" {'cli wall':>9}"
     print(header)
@@ -159,15 +202,18 @@ def main() -> int:
         # start-up costs; the "cli wall" column includes them).
         measure(mock, one_batch(2, None), 1)
         for name, doc, ideal in scenarios:
-            times, peak = measure(mock, doc, args.repeats)
+            times, peak, cpu = measure(mock, doc, args.repeats)
             med = statistics.median(times)
             line = (
                 f"{name:40} {ideal:6.2f}s {med:7.3f}s {min(times):7.3f}s "
-                f"{med / ideal:5.2f}x {peak:8d}"
+                f"{med / ideal:5.2f}x {peak:8d} {cpu * 1000:7.2f}ms"
             )
             if args.cli:
                 line += f" {cli_wall(doc):8.2f}s"
             print(line, flush=True)
+        wall, cpu = raw_floor(mock, n, args.repeats)
+        print(f"{'floor: plain asyncio + aiohttp, ' + str(n) + ' calls':40} {delay:6.2f}s "
+              f"{wall:7.3f}s {'':>8} {wall / delay:5.2f}x {'':>8} {cpu * 1000:7.2f}ms")  # fmt: skip
     finally:
         mock.close()
     return 0

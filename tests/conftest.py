@@ -84,3 +84,23 @@ def wf(nodes: list[dict], edges: list[dict] | None = None, **extra: Any) -> dict
             for e in edges
         ]
     return doc
+
+
+class Events:
+    """A listener that keeps every event (fanflow.events.Event) of a run."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def on_event(self, event: Any) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+    def t(self, kind: str, node: str) -> float:
+        """When the first `kind` event of `node` happened (perf_counter seconds)."""
+        return next(e.t for e in self.events if e.kind == kind and e.node == node)
+
+    def span(self, node: str) -> tuple[float, float]:
+        return self.t("node_started", node), self.t("node_finished", node)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import fanflow
+from conftest import Events
 from fanflow import events as ev
 from fanflow.events import Event
 
@@ -31,22 +32,6 @@ def shell(node_id: str, command: str) -> dict[str, Any]:
 
 def edges(*pairs: str) -> list[dict[str, str]]:
     return [{"from": a, "to": b} for a, b in (p.split(">") for p in pairs)]
-
-
-class Events:
-    """A listener that keeps every event."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def on_event(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-    def t(self, kind: str, node: str) -> float:
-        return next(e.t for e in self.events if e.kind == kind and e.node == node)
 
 
 # --- a bug outside any node ends the run; it never hangs ------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,65 @@ def test_a_node_reading_its_own_output_is_a_validation_error() -> None:
     problem = info.value.problems[0]
     assert problem.node == "c" and "its own output" in problem.message
     assert problem.field == "nodes[0].params.inputs.x"
+
+
+def _slow_batch(url: str, limits: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ir_version": V,
+        "inputs": {"base": {"type": "string"}},
+        "limits": limits,
+        "nodes": [{"id": "get", "type": "http", "params": {"url": "${base}/slow?seconds=0.3"},
+                   "batch": {"items": [1, 2, 3], "parallel": True}}],
+    }  # fmt: skip
+
+
+def test_http_limit_keys_match_the_rendered_host_and_optionally_its_port(server: Any) -> None:
+    from urllib.parse import urlsplit
+
+    port = urlsplit(server.url).port
+    for limits, expect in (
+        ({"http:127.0.0.1": {"concurrency": 1}}, 1),  # the host came from an input
+        ({f"http:127.0.0.1:{port}": {"concurrency": 1}}, 1),  # that port only
+        ({f"http:127.0.0.1:{port + 1}": {"concurrency": 1}}, 3),  # another port: no limit
+    ):
+        server.reset()
+        result = fanflow.run(_slow_batch(server.url, limits), {"base": server.url},
+                             checkpoint=False)  # fmt: skip
+        assert result.ok, result.error
+        assert server.stats()["max_in_flight"] == expect, limits
+
+
+def test_a_node_type_key_caps_every_execution_of_that_type(tmp_path: Path) -> None:
+    doc = {
+        "ir_version": V,
+        "limits": {"node:code": {"concurrency": 1}},
+        "nodes": [code("nap", "import time\nt0 = time.time()\ntime.sleep(0.1)\nresult = [t0, time.time()]",
+                       batch={"items": [1, 2, 3, 4], "parallel": True})],
+    }  # fmt: skip
+    result = fanflow.run(doc, checkpoint=False)
+    assert result.ok, result.error
+    spans = sorted(r["result"] for r in result.store["nap"]["results"])
+    assert all(a[1] <= b[0] + 1e-3 for a, b in itertools.pairwise(spans))  # no overlap
+
+
+def test_the_llm_keys_provider_comes_from_the_model_name() -> None:
+    from fanflow.io.providers import resolve_model
+
+    assert resolve_model("gpt-4o") == ("openai", "gpt-4o")
+    assert resolve_model("claude-sonnet-4-5") == ("anthropic", "claude-sonnet-4-5")
+    assert resolve_model("anthropic/claude-x") == ("anthropic", "claude-x")
+    assert resolve_model("ollama/llama3") == ("ollama", "llama3")
+    assert resolve_model("meta-llama/Llama-3") == ("openai", "meta-llama/Llama-3")
+    assert resolve_model("echo") == ("echo", "echo")
+
+
+def test_a_shell_template_value_is_one_word_never_split_nor_globbed(tmp_path: Path) -> None:
+    (tmp_path / "a.sh").write_text("")  # a glob `a b*` could match nothing, `*` could match this
+    result = fanflow.run({
+        "ir_version": V, "inputs": {"name": {"type": "string"}},
+        "nodes": [{"id": "a", "type": "shell",
+                   "params": {"command": "printf '[%s]' ${name}.sh", "cwd": str(tmp_path)}}],
+        "outputs": {"o": {"source": "${a.stdout}"}},
+    }, {"name": "a b*"}, checkpoint=False)  # fmt: skip
+    assert result.ok, result.error
+    assert result.outputs["o"] == "[a b*.sh]"

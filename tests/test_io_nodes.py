@@ -298,7 +298,6 @@ def test_llm_cancel_drops_the_request_promptly(mock):
 
 
 def test_llm_anthropic_provider_via_the_mock(mock, monkeypatch):
-    pytest.importorskip("anthropic")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-anthropic-key")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", mock.url)
     out = run(lambda ctx: run_node(LlmNode, ctx, {"prompt": "hi claude", "model": "claude-test-1"}))

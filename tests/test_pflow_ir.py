@@ -69,8 +69,7 @@ def test_piped_stdin_reaches_the_stdin_input_through_the_cli(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     ("key", "value", "words"),
-    [("loop", {"until": "${n.stdout}", "max_iterations": 3}, "loop"),
-     ("approval", "required", "approval")],
+    [("approval", "required", "approval")],
 )  # fmt: skip
 def test_what_fanflow_cannot_run_is_refused_naming_the_node(
     key: str, value: object, words: str
@@ -81,3 +80,23 @@ def test_what_fanflow_cannot_run_is_refused_naming_the_node(
         fanflow.run(doc)
     problem = info.value.problems[0]
     assert problem.node == "n" and problem.field == f"nodes[0].{key}" and words in problem.message
+
+
+def test_pflow_keys_without_effect_are_said_as_warnings() -> None:
+    doc = {
+        "ir_version": "0.1.0",
+        "cache": {"ttl": "5m", "items": []},
+        "nodes": [
+            {"id": "a", "type": "llm", "prewarm": True, "prompt_cache": ["intro"],
+             "params": {"prompt": "hi", "model": "echo"}, "batch": {"items": [1, 2]}},
+            {"id": "b", "type": "shell", "cache": True, "params": {"command": "true"}},
+        ],
+    }  # fmt: skip
+    compiled = fanflow.compile_workflow(doc)
+    text = "\n".join(compiled.warnings)
+    assert "top-level prompt-cache block" in text
+    assert "node 'a': `prompt_cache` has no effect" in text
+    assert "node 'a': `prewarm` has no effect" in text
+    assert "node 'b': `cache: true` has no effect" in text
+    result = fanflow.run(compiled, checkpoint=False)
+    assert result.ok and any("prewarm" in w for w in result.warnings)

@@ -322,3 +322,18 @@ def test_missing_edges_on_a_long_chain_of_loose_reads():
     nodes[k - 1]["params"]["inputs"]["o"] = "${off.result}"
     doc = wf(nodes, edges(*((f"n{i - 1}", f"n{i}") for i in range(1, k))))
     assert build_graph(parse_source(doc)).missing_edges() == [(f"n{k - 1}", "off")]
+
+
+def test_plan_names_the_mcp_server_and_tool_a_node_calls(write_wf):
+    path = write_wf(
+        {
+            "ir_version": "0.1.0",
+            "mcp_servers": {"files": {"command": "true"}},
+            "nodes": [{"id": "ls", "type": "mcp", "params": {"server": "files", "tool": "list"}}],
+        }
+    )
+    r = run_cli("plan", str(path))
+    assert r.code == 0, r.stderr
+    assert "ls [mcp files.list]" in r.stdout
+    plan = run_cli("plan", str(path), "--format", "json").json
+    assert plan["nodes"][0]["detail"] == "mcp files.list"

@@ -307,3 +307,29 @@ def test_no_shell_hint_without_shell_usage():
     hint = hint_for("echo ${fil}", "fil", others=("file",))
     assert hint == "did you mean 'file'?"
     assert "shell" not in hint_for("echo ${thing}", "thing")
+
+
+def test_every_item_step_maps_the_rest_of_the_path_over_a_list():
+    from fanflow.templates import MissingValue, parse, render
+
+    scope = {"m": {"results": [{"s": 1}, None, {"s": 3}]}, "rows": "[[1, 2], [3]]"}
+    assert render(parse("${m.results[*].s}"), scope) == [1, None, 3]  # failed item stays null
+    assert render(parse("${rows[*][0]}"), scope) == [1, 3]  # into JSON text too
+    assert render(parse("got ${m.results[*].s}"), scope) == "got [1, null, 3]"
+    assert render(parse('${m["[*]"] ?? "quoted key, not every"}'), scope) == "quoted key, not every"
+    with pytest.raises(MissingValue, match=r"m\.results\[\*\] has keys: s"):
+        render(parse("${m.results[*].x}"), {"m": {"results": [{"s": 1}]}})
+    with pytest.raises(MissingValue, match="not a list"):
+        render(parse("${m[*]}"), {"m": {"a": 1}})
+
+
+def test_dynamic_index_steps():
+    from fanflow.templates import MissingValue, parse, render
+
+    tpl = parse("${a.results[${__index__}].x}")
+    assert [r.root for r in tpl.refs()] == ["a", "__index__"]  # the inner name is read too
+    scope = {"a": {"results": [{"x": 1}, {"x": 2}]}, "__index__": 1, "k": "x", "i": "0"}
+    assert render(tpl, scope) == 2
+    assert render(parse("${a.results[${i}][${k}]}"), scope) == 1  # text that is a number
+    with pytest.raises(MissingValue, match="an index must be a whole number or a key"):
+        render(parse("${a.results[${a}]}"), scope)

@@ -26,12 +26,16 @@ _API = {
     "WorkflowInvalid": "fanflow.errors",
     "NodeError": "fanflow.errors",
     "ResumeState": "fanflow.execute.resume_state",
+    "generate": "fanflow.generator",
+    "generate_async": "fanflow.generator",
+    "Generated": "fanflow.generator",
 }
 
 __all__ = [
     "AsyncNode",
     "CompiledWorkflow",
     "Event",
+    "Generated",
     "Listener",
     "Node",
     "NodeError",
@@ -44,6 +48,8 @@ __all__ = [
     "WorkflowInvalid",
     "__version__",
     "compile_workflow",
+    "generate",
+    "generate_async",
     "load_workflow",
     "register_node",
     "run",
@@ -57,6 +63,7 @@ if TYPE_CHECKING:  # the names as the type checker sees them; at run time they l
     from fanflow.events import Event, Listener
     from fanflow.execute.resume_state import ResumeState
     from fanflow.execute.state import NodeResult
+    from fanflow.generator import Generated, generate, generate_async
     from fanflow.load.model import Workflow
     from fanflow.load.reader import load_workflow
     from fanflow.nodes.base import AsyncNode, Node, Param

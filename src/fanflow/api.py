@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from fanflow import events as ev
-from fanflow import templates
 from fanflow.compile.compiled import CompiledWorkflow, compile_workflow
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.events import EventBus, Listener
@@ -53,6 +52,7 @@ class RunResult:
     summary: dict[str, Any] | None = None  # with summary=True (the CLI's end-of-run table)
     summary_text: str | None = None
     signal: int | None = None  # the signal that cancelled the run (handle_signals=True)
+    stdout_output: str | None = None  # the declared output marked `stdout: true`, if any
 
     @property
     def ok(self) -> bool:
@@ -105,6 +105,7 @@ def run(
     inputs_from_text: bool = False,
     handle_signals: bool = False,
     cache: bool = True,
+    executor: str | None = None,
 ) -> RunResult:
     """Run a workflow to completion (blocking). See `run_async` for the options."""
     return asyncio.run(
@@ -112,7 +113,7 @@ def run(
             workflow, inputs, max_concurrent=max_concurrent, limits=limits, listeners=listeners,
             store=store, checkpoint=checkpoint, resume=resume, trace=trace, timeline=timeline, progress=progress,
             summary=summary, run_id=run_id, inputs_from_text=inputs_from_text,
-            handle_signals=handle_signals, cache=cache,
+            handle_signals=handle_signals, cache=cache, executor=executor,
         )
     )  # fmt: skip
 
@@ -135,6 +136,9 @@ async def run_async(
     inputs_from_text: bool = False,
     handle_signals: bool = False,
     cache: bool = True,
+    budget: Budget | None = None,
+    cancel: asyncio.Event | None = None,
+    executor: str | None = None,
 ) -> RunResult:
     """Run a workflow on the running event loop.
 
@@ -154,8 +158,15 @@ async def run_async(
     - `handle_signals`: SIGINT, SIGTERM or SIGHUP cancels the run (status cancelled,
       `RunResult.signal` set; the CLI exits 128 + the signal's number: 130, 143, 129); a second
       signal ends the process at once (docs/durable-runs.md, "Signals and process lifetime").
+    - `executor`: where sync nodes' exec runs: "thread" (default), "process", "dask" or
+      "dask=ADDRESS"; a node's own `executor` wins, and this wins over the workflow's
+      (docs/executors.md).
     - `cache`: False bypasses the llm response cache for this run (the CLI's --no-cache;
       docs/llm.md).
+    - `budget`: a global budget shared with other runs on this loop (`fanflow mcp serve` gives
+      every run it starts the same one); it replaces this run's own `max_concurrent` budget.
+    - `cancel`: setting this event cancels the run as an interrupt does (status cancelled,
+      recorded as such in the run store, resumable).
 
     Raises WorkflowInvalid (exit code 2) before any node runs when the workflow, the inputs or
     the environment are invalid; otherwise returns a RunResult. An exception that is not a node
@@ -186,6 +197,7 @@ async def run_async(
     elif resume is not None:
         state = resume
     preflight(compiled)
+    run_executor = _check_executors(compiled, executor)
 
     all_listeners: list[Listener] = []
     if progress is not None:
@@ -223,7 +235,8 @@ async def run_async(
     cache_token = llm_cache.configure(cache, run_store.dir if run_store is not None else None)
     try:
         result = await _execute(compiled, values, all_listeners, state, run_id, max_concurrent,
-                                limits, handle_signals)  # fmt: skip
+                                limits, handle_signals, budget, cancel,
+                                run_executor=run_executor)  # fmt: skip
     finally:
         llm_cache.reset(cache_token)
     if timeline is not None and tracer is not None:
@@ -243,6 +256,29 @@ async def run_async(
     return result
 
 
+class _RunExecutor:
+    """The run's executor choice, checked; `new` makes the run's Executors."""
+
+    def __init__(self, choice: Any) -> None:
+        self.choice = choice
+
+    def new(self, on_close: Any) -> Any:
+        from fanflow.execute.executors import Executors
+
+        return Executors(self.choice, on_close)
+
+
+def _check_executors(compiled: CompiledWorkflow, executor: str | None) -> _RunExecutor:
+    """The run's --executor, parsed, and the workflow's `executor` fields checked. (A run
+    always gets its Executors: a sub-workflow may name an executor its parent does not.)"""
+    from fanflow.execute.executors import check_executors, parse_executor
+
+    wf = compiled.workflow
+    if wf.executor or any(n.executor for n in wf.nodes):
+        check_executors(wf, lambda node_id: compiled.nodes[node_id].is_async)
+    return _RunExecutor(parse_executor(executor) if executor else None)
+
+
 async def _execute(
     compiled: CompiledWorkflow,
     values: dict[str, Any],
@@ -252,20 +288,28 @@ async def _execute(
     max_concurrent: int | None,
     limit_specs: Sequence[str],
     handle_signals: bool,
+    shared_budget: Budget | None = None,
+    cancel: asyncio.Event | None = None,
+    run_executor: Any = None,
 ) -> RunResult:
     wf = compiled.workflow
     budget = max_concurrent or wf.max_concurrent or DEFAULT_MAX_CONCURRENT
+    if shared_budget is not None:
+        budget = shared_budget.size
     loop = asyncio.get_running_loop()
     bus = EventBus(listeners)
     threads = ThreadExecutor(loop, budget)
-    ctx = RunContext(run_id=run_id, bus=bus, threads=threads, loop=loop, workflow=wf)
+    ctx = RunContext(run_id=run_id, bus=bus, threads=threads, loop=loop, workflow=wf,
+                     resume=resume)  # fmt: skip
+    if run_executor is not None:  # an executor other than the threads may be used
+        ctx.executors = run_executor.new(ctx.on_close)
     try:
         if wf.limits or limit_specs or os.environ.get("FANFLOW_LIMITS"):
             from fanflow.io.limits import LimitRegistry, merge_limits
 
             sections = {k: v.to_dict(exclude_none=True) for k, v in wf.limits.items()}
             ctx.limits = LimitRegistry(merge_limits(sections, limit_specs, os.environ)) or None
-        ctx.budget = Budget(budget)
+        ctx.budget = shared_budget if shared_budget is not None else Budget(budget)
         rs = RunState(compiled, values, ctx, ctx.budget, resume)
         driver = Driver(rs)
         signals = _Signals(loop, driver) if handle_signals else None
@@ -278,11 +322,14 @@ async def _execute(
                 deps=graph.deps,  # read-only: listeners copy what they keep
                 batch_nodes=[n for n, p in compiled.nodes.items() if p.batch is not None],
             )  # fmt: skip
+        watcher = _watch_cancel(cancel, driver) if cancel is not None else None
         try:
             if signals is not None:
                 signals.install()
             await driver.run()
         finally:
+            if watcher is not None:
+                watcher.cancel()
             if signals is not None:
                 signals.driver = None  # the run is over: a signal now cancels nothing
             await ctx.aclose()
@@ -298,6 +345,16 @@ async def _execute(
     finally:
         bus.close()  # listeners flush (checkpoints, trace) even if the run itself raised
     return result
+
+
+def _watch_cancel(cancel: asyncio.Event, driver: Driver) -> asyncio.Task[None]:
+    """`run_async(cancel=...)`: interrupt the driver when the event is set."""
+
+    async def watch() -> None:
+        await cancel.wait()
+        driver.interrupt()
+
+    return asyncio.get_running_loop().create_task(watch())
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -355,14 +412,9 @@ def preflight(compiled: CompiledWorkflow) -> None:
 
 def _result(rs: RunState, driver: Driver, run_id: str, duration: float) -> RunResult:
     warnings = list(rs.compiled.warnings)
-    outputs: dict[str, Any] = {}
-    for name, source in rs.compiled.outputs.items():
-        try:
-            outputs[name] = templates.render(source, rs.lookup)
-        except templates.MissingValue as exc:
-            outputs[name] = None
-            if not driver.failures and not driver.interrupted:
-                warnings.append(f"output '{name}' has no value: {exc}")
+    outputs, missing = rs.declared_outputs()
+    if not driver.failures and not driver.interrupted:
+        warnings += [f"output '{name}' has no value: {why}" for name, why in missing.items()]
     nodes = rs.records  # the records the run kept are its per-node results
     error = failed_node = None
     if driver.interrupted:
@@ -375,8 +427,9 @@ def _result(rs: RunState, driver: Driver, run_id: str, duration: float) -> RunRe
             error += f" (and {len(driver.failures) - 1} more failed node(s))"
     else:
         status = SUCCESS
+    raw = next((n for n, o in rs.compiled.workflow.outputs.items() if o.stdout), None)
     return RunResult(run_id, status, outputs, duration * 1000, nodes, rs.store, error,
-                     failed_node, warnings)  # fmt: skip
+                     failed_node, warnings, stdout_output=raw)  # fmt: skip
 
 
 def _open_store(store: str | Path | RunStore) -> RunStore:

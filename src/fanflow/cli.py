@@ -38,6 +38,11 @@ LAZY_COMMANDS = {
     "timeline": ("fanflow.commands.timeline:timeline", "Render a trace file as an HTML timeline."),
     "schema": ("fanflow.cli:schema", "Print the JSON Schema of the workflow format."),
     "convert": ("fanflow.commands.convert:convert", "Convert between .pflow.md and JSON."),
+    "generate": (
+        "fanflow.commands.generate:generate",
+        "Have an LLM write a workflow; validated and repaired.",
+    ),
+    "mcp": ("fanflow.commands.mcp:mcp", "Serve fanflow to agents over MCP (`fanflow mcp serve`)."),
 }
 
 
@@ -292,6 +297,13 @@ def _stdout_to_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+STORE_OPTION = click.option(
+    "--store",
+    "store_path",
+    type=click.Path(),
+    default=None,
+    help="Run store: a runs.db file or its folder (default .fanflow/ or $FANFLOW_HOME).",
+)
 _FORMAT_OPTION = click.option(
     "--output-format",
     type=click.Choice(["text", "json"]),
@@ -313,7 +325,10 @@ _DATA_ORDER_OPTION = click.option(
 @click.argument("workflow", type=click.Path())
 @_FORMAT_OPTION
 @_DATA_ORDER_OPTION
-def validate(workflow: str, output_format: str, data_order: bool | None) -> None:
+@click.option("--probe", is_flag=True,
+              help="Also connect to the MCP servers its mcp nodes use and check tool names "
+              "and arguments against their schemas (docs/mcp.md).")  # fmt: skip
+def validate(workflow: str, output_format: str, data_order: bool | None, probe: bool) -> None:
     """Run every static check on WORKFLOW; execute nothing."""
     from fanflow._gc import gc_paused
     from fanflow.compile.compiled import compile_workflow
@@ -322,6 +337,12 @@ def validate(workflow: str, output_format: str, data_order: bool | None) -> None
     try:
         with gc_paused(), data_order_override(data_order):
             compiled = compile_workflow(parse_source(_workflow_file(workflow)))
+        if probe and any(n.type == "mcp" for n in compiled.workflow.nodes):
+            from fanflow.mcp.probe import probe_workflow
+
+            found = probe_workflow(compiled.workflow)
+            if found:
+                raise WorkflowInvalid(found)
     except FanflowError as exc:
         fail(exc, output_format)
     nodes, edges = len(compiled.graph.ids), len(compiled.graph.edges)
@@ -372,14 +393,15 @@ def validate(workflow: str, output_format: str, data_order: bool | None) -> None
     metavar="RUN_ID|last",
     help="Resume a stored run: re-run only what did not complete.",
 )
-@click.option(
-    "--store",
-    "store_path",
-    type=click.Path(),
-    default=None,
-    help="Run store: a runs.db file or its folder (default .fanflow/ or $FANFLOW_HOME).",
-)
+@STORE_OPTION
 @click.option("--no-checkpoint", is_flag=True, help="Do not record this run in the run store.")
+@click.option(
+    "--executor",
+    default=None,
+    metavar="thread|process|dask[=ADDRESS]",
+    help="Where sync nodes (code) run: threads (default), worker processes, or a Dask cluster"
+    " (docs/executors.md).",
+)
 @click.option("--no-cache", is_flag=True, help="Bypass the llm response cache (docs/llm.md).")
 @click.option("-q", "--quiet", "-p", is_flag=True, help="No progress on stderr (-p as in pflow).")
 @_DATA_ORDER_OPTION
@@ -387,7 +409,7 @@ def run(
     workflow: str, inputs: tuple[str, ...], max_concurrent: int | None, output_format: str,
     trace_path: str | None, timeline_path: str | None, limit_specs: tuple[str, ...],
     resume_ref: str | None, store_path: str | None, no_checkpoint: bool, quiet: bool,
-    data_order: bool | None, no_cache: bool,
+    data_order: bool | None, no_cache: bool, executor: str | None = None,
 ) -> None:  # fmt: skip
     """Run WORKFLOW with inputs given as name=value (data piped in goes to a `stdin: true`
     input)."""
@@ -408,7 +430,7 @@ def run(
                 checkpoint=not no_checkpoint,
                 resume=resume_ref, trace=trace_path, timeline=timeline_path,
                 progress=None if quiet else sys.stderr, summary=True, handle_signals=True,
-                cache=not no_cache,
+                cache=not no_cache, executor=executor,
             )  # fmt: skip
     except FanflowError as exc:
         from fanflow.store.runs import UnknownRun
@@ -421,9 +443,13 @@ def run(
     if output_format == "json":
         _out(json.dumps(result.to_json(), default=str))
     else:
-        for name, value in result.outputs.items():
+        outputs = result.outputs
+        raw = result.stdout_output
+        if raw is not None and raw in outputs:  # `stdout: true`: that output alone, as it is
+            outputs = {raw: outputs[raw]}
+        for name, value in outputs.items():
             text = value if isinstance(value, str) else json.dumps(value, default=str)
-            _out(f"{name}: {text}" if len(result.outputs) > 1 else text)
+            _out(f"{name}: {text}" if len(outputs) > 1 else text)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if result.summary_text and not quiet:

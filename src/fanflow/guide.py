@@ -476,7 +476,8 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   fanflow would otherwise read as templates: `for f in *.txt; do wc -l $${f}; done` (or `$f`),
   `$${HOME:-/tmp}`.
 - In shell commands, template values are passed as data, never code: quotes, `;`, `$(...)` in
-  a value execute nothing. Write `echo "Hello ${user}"` as you would expect.
+  a value execute nothing, and a value is one word, never split on spaces nor globbed
+  (`sh ${name}.sh` runs exactly that file). Write `echo "Hello ${user}"` as you would expect.
 - Inside a batch: `${item}` (or the name you give in `as`) and `${__index__}` (0-based).
 
 ## Dependencies and edges
@@ -502,6 +503,12 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   it, e.g. `draft → review` (default) and `review → draft` (action `revise`), where `review` is a
   code node that sets `next = "revise"` or `next = "done"`. A cycle of default edges is an error.
   Loops run sequentially, at most `max_visits` visits per node.
+- One node repeating itself: `"loop": {"until": "${count.result.done}", "carry": {"total":
+  "${count.result.total}"}, "max_iterations": 10}` on a code node runs it again until the
+  condition (a true/false value of its own output; `while` is the opposite) holds. `carry` sets
+  the next pass's `inputs.total`; in the code, `total: int = 0` is the first pass's value.
+  `${__iteration__}` is the pass number (from 1); the outputs are the last pass's, plus
+  `iterations` and `loop_stopped` (`condition` or `max_iterations`).
 
 ## Batch: the same node over many items
 
@@ -520,6 +527,8 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
 - Outputs: `results` (one entry per item, in item order, null for a failed item; each entry is
   that item's node outputs, e.g. `${map.results[0].response}`), `count`, `success_count`,
   `error_count`, `errors` (`[{"index", "item", "error"}]`), `batch_metadata` (timing).
+- One field of every result, as a list (no code node needed): `${map.results[*].response}`
+  (null where an item failed). The same item of an earlier batch: `${map.results[${__index__}]}`.
 - A node without batch may retry too: `"retry": {"max_attempts": 3, "wait": 1}`.
 
 ## Fan-out vs batch vs pipeline — which to use
@@ -530,11 +539,31 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
 - **Fan-out / fan-in** — different operations that do not depend on each other (analyse AND
   visualise the same data): several nodes reading the same upstream, joined by a node that reads
   them all (often a `merge`).
+- **Batch over a sub-workflow** — several steps per item: put the steps in a child workflow and
+  batch a `workflow` node over the items (see below).
 - **Pipeline form** — the same graphs, written as an ordered list of steps; use it when the
   workflow reads naturally as "do A, then B and C at the same time, then D". It cannot express
   conditional edges by itself (add those in `edges`, see below).
 - Do not chain independent steps: `a → b → c` when `b` and `c` only need `a` makes them wait
   for each other for nothing. Prefer `a → b`, `a → c`.
+
+## Sub-workflows: a whole pipeline per item
+
+```json
+{"id": "each", "type": "workflow",
+ "params": {"workflow": "summarise.json", "inputs": {"doc": "${item}"}},
+ "batch": {"items": "${list.files}", "parallel": true}}
+```
+
+- `workflow`: a path relative to THIS file, a saved name (`.fanflow/workflows/NAME.json`), or the
+  child inline (`{"inputs": …, "nodes": […], "outputs": …}` or a pipeline list; `${…}` inside an
+  inline child are the child's own). `inputs` maps the child's declared inputs to this
+  workflow's values. Outputs: the child's declared `outputs` (`${each.results[0].summary}`).
+- Batch over it when each item needs several steps (extract → summarise → score): each item's
+  chain runs on its own, no item waits for another item's stage. Three batch nodes in a row
+  would make every item wait for the slowest item of each stage.
+- The child is validated with the parent; a child that runs itself is an error. Children share
+  the parent's `--max-concurrent` budget and limits.
 
 ## Pipeline form
 
@@ -576,6 +605,12 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   (keys: `llm:<provider>`, `llm:<provider>/<model>`, `http:<host>`, `node:<type>`).
   Set them for any workflow that fans out LLM or HTTP calls; a batch's `max_concurrent` caps
   only that batch. On the command line, `--limit llm:openai=10/600rpm` overrides one.
+- Every key takes `concurrency` and/or `rpm`. `http:<host>` is matched against the host of the
+  URL as rendered at run time (a host from an input works) on any port; `http:<host>:<port>`
+  limits one port (80/443 implied by http/https). `node:<type>` counts every execution of that
+  type (node runs and batch items). The `llm:` provider comes from the model name:
+  `anthropic/…` or `claude-…` → anthropic, `ollama/…` → ollama, `echo` → echo, any other name
+  (`gpt-4o`, `meta-llama/Llama-3`) → openai; `llm:openai/gpt-4o` limits one model.
 
 ## When something fails
 
@@ -591,7 +626,8 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
 - Loop carry: a node in a loop reads the previous pass with a fallback for the first one,
   `"prev": "${review.result ?? setup.result}"`; outputs and later nodes see the last pass. A loop
   needs no `start_node`: the edge from a setup step enters it. Past `max_visits` the node fails
-  the run ("loop ran node 'x' more than N times").
+  the run ("loop ran node 'x' more than N times"). One node repeating itself carries values with
+  `loop: {"until": …, "carry": {…}}` instead (see Actions above).
 - Joins: several edges into a node wait for all of them; after an if/else the edges that did not
   fire are dead, so the join runs once, after the branch that ran. `${a.x ?? b.x}` skips a
   skipped `a`. A code node that sets `next` need not set `result` (it is then null). `next`
@@ -604,7 +640,9 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   `wait`. http and llm make up to 3 attempts by themselves on 429, 5xx and timeouts
   (honouring Retry-After); `"retry": {"max_attempts": 1}` turns that off.
 - Data: a whole-value template keeps the value's type, and text stays text (a shell printing
-  `42` gives the string "42"; read into JSON text with `${s.stdout.key}`). `ignore_errors`
+  `42` gives the string "42"; read into JSON text with `${s.stdout.key}`), except where a type
+  is declared: a typed param, or a code input annotated at the top of the code (`data: dict`,
+  `n: int`) decodes JSON text; `n: int = 0` is that input's default. `ignore_errors`
   keeps `exit_code` and ends with action `default`. Merge inputs may mix text and templates
   (`"x ${a.result}"` renders as text). Code sees only its `inputs` (not the workflow's inputs
   nor the batch item unless listed: `"inputs": {"item": "${item}"}`); an `import csv` in the
@@ -613,6 +651,22 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   `results: []`, `count: 0`.
 - Order: with no edges at all, nodes run in array order, a node after those it reads. Once any
   edge exists, nodes with no edge and no read between them run at the same time.
+
+## MCP tools as nodes
+
+- Configure servers in the workflow's top-level `mcp_servers`, in the shape MCP hosts use:
+  `{"gh": {"command": "npx", "args": ["-y", "server-github"], "env": {"TOKEN": "${GH_TOKEN}"}}}`
+  (stdio) or `{"docs": {"url": "http://127.0.0.1:8000/mcp", "headers": {...}}}` (streamable
+  HTTP); the user's `~/.config/fanflow/mcp.json` (`{"mcpServers": {...}}`, or the file
+  `FANFLOW_MCP_CONFIG` names) is read too. `${NAME}` there is an environment variable.
+- A node: `{"id": "issues", "type": "mcp", "params": {"server": "gh", "tool": "list_issues",
+  "arguments": {"repo": "${repo}"}, "timeout": 30}}`. pflow's `"type": "mcp-gh-list_issues"`
+  with the arguments as params means the same.
+- Outputs: `result` (the tool's structured content, else its text, JSON-decoded when it is
+  JSON), `text`, `structured`, `is_error`. Batch over `${issues.result.items}`.
+- One session per server per run, shared by every parallel node and batch item; cap it with
+  `"limits": {"mcp:gh": {"concurrency": 4, "rpm": 60}}`. A tool error fails the node (an
+  `error` edge can read `${node.text}`).
 
 ## Complete examples
 

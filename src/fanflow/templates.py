@@ -20,7 +20,26 @@ from typing import Any
 _OPEN = re.compile(r"\$\$\{|\$\{")  # `$${` (an escape) wins over the `${` inside it
 _ROOT = r"[A-Za-z_][A-Za-z0-9_-]*"  # node ids and input names
 _KEY = r"[^\W\d][\w-]*"  # a `.key` step: identifier-like, letters of any script, `-` allowed
-_STEP_RE = r"""\.([^\W\d][\w-]*)|\[\s*(-?\d+)\s*\]|\[\s*("(?:[^"\\]|\\.)*"|'[^']*')\s*\]"""
+_STATIC_STEP = r"""\.[^\W\d][\w-]*|\[\s*-?\d+\s*\]|\[\s*(?:"(?:[^"\\]|\\.)*"|'[^']*')\s*\]"""
+_STEP_RE = (
+    r"""\.([^\W\d][\w-]*)|\[\s*(-?\d+)\s*\]|\[\s*("(?:[^"\\]|\\.)*"|'[^']*')\s*\]"""
+    # a dynamic index, pflow's `[${__index__}]` / `[${item.idx}]`: a path whose value is the step
+    rf"|\[\s*\$\{{\s*({_ROOT}(?:{_STATIC_STEP})*)\s*\}}\s*\]"
+    # every item of a list: `${map.results[*].summary}` is the list of each result's summary
+    r"|\[\s*(\*)\s*\]"
+)
+
+
+class Every:
+    """The `[*]` step: the rest of the path is read from every item of a list."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "[*]"
+
+
+EVERY = Every()
 _PATH = re.compile(rf"\s*({_ROOT})((?:{_STEP_RE})*)\s*")
 _STEP = re.compile(_STEP_RE)
 _PLAIN_KEY = re.compile(_KEY)
@@ -49,8 +68,10 @@ class MissingValue(LookupError):
 @dataclass(frozen=True, slots=True)
 class Ref:
     root: str
-    steps: tuple[str | int, ...]
+    # a Ref step is a dynamic index (its value is the step); the EVERY step maps the rest
+    steps: tuple[str | int | Ref | Every, ...]
     text: str
+    nested: tuple[Ref, ...] = ()  # the dynamic indexes' refs (they are read too)
 
     @property
     def first_key(self) -> str | None:
@@ -94,6 +115,16 @@ def _has_quote(text: str) -> bool:
 
 def _closing_brace(text: str, start: int) -> int:
     end = text.find("}", start)
+    if end >= 0 and "${" in text[start:end]:  # a dynamic index inside: `${a[${__index__}]}`
+        depth = 0
+        for i in _outside_quotes(text, start):
+            if text.startswith("${", i):
+                depth += 1
+            elif text[i] == "}":
+                if depth == 0:
+                    return i
+                depth -= 1
+        return -1
     if end < 0 or not _has_quote(text[start:end]):
         return end  # no quote before it: the scan below would stop at the same place
     for i in _outside_quotes(text, start):
@@ -114,16 +145,27 @@ def _alternatives(body: str) -> list[str]:
     return [*alternatives, body[start:]]
 
 
-def _steps(text: str) -> tuple[str | int, ...]:
-    steps: list[str | int] = []
-    for key, index, quoted in _STEP.findall(text):
-        if index:
+def _steps(text: str) -> tuple[str | int | Ref | Every, ...]:
+    steps: list[str | int | Ref | Every] = []
+    for key, index, quoted, dynamic, every in _STEP.findall(text):
+        if every:
+            steps.append(EVERY)
+        elif index:
             steps.append(int(index))
         elif quoted:
             steps.append(json.loads(quoted) if quoted[0] == '"' else quoted[1:-1])
+        elif dynamic:
+            m = _PATH.fullmatch(dynamic)
+            assert m is not None  # the step pattern only matches a path here
+            steps.append(Ref(m.group(1), _steps(m.group(2)), dynamic.strip()))
         else:
             steps.append(key)
     return tuple(steps)
+
+
+def _ref(root: str, steps: tuple[str | int | Ref | Every, ...], text: str) -> Ref:
+    nested = tuple(s for s in steps if isinstance(s, Ref))
+    return Ref(root, steps, text, nested) if nested else Ref(root, steps, text)
 
 
 def _parse_expr(body: str) -> Expr:
@@ -139,7 +181,7 @@ def _parse_expr(body: str) -> Expr:
         m = _PATH.fullmatch(alt)
         if m:
             try:
-                refs.append(Ref(m.group(1), _steps(m.group(2)), alt.strip()))
+                refs.append(_ref(m.group(1), _steps(m.group(2)), alt.strip()))
                 continue
             except ValueError:  # a "quoted key" with a bad escape
                 pass
@@ -178,7 +220,12 @@ class Template:
         return None
 
     def refs(self) -> list[Ref]:
-        return [r for p in self.parts if isinstance(p, Expr) for r in p.refs]
+        """Every reference read, a dynamic index's too."""
+        refs = [r for p in self.parts if isinstance(p, Expr) for r in p.refs]
+        for r in refs:
+            if r.nested:
+                refs += r.nested  # (appended while iterating: nested ones are walked too)
+        return refs
 
 
 def parse(text: str) -> Template | str:
@@ -375,7 +422,11 @@ def _where(ref: Ref, n: int) -> str:
     """The path of the value that step `n` of `ref` stands on, e.g. `a.result.items[0]`."""
     out = [ref.root]
     for step in ref.steps[:n]:
-        if isinstance(step, int):
+        if isinstance(step, Ref):
+            out.append(f"[${{{step.text}}}]")
+        elif isinstance(step, Every):
+            out.append("[*]")
+        elif isinstance(step, int):
             out.append(f"[{step}]")
         elif _PLAIN_KEY.fullmatch(step):
             out.append(f".{step}")
@@ -397,8 +448,10 @@ def _keys(value: dict[Any, Any]) -> str:
     return "has keys: " + ", ".join(keys) + (", …" if len(value) > 8 else "")
 
 
-def _step_into(value: Any, step: str | int, ref: Ref, n: int) -> Any:
+def _step_into(value: Any, step: str | int | Ref, ref: Ref, n: int, scope: Any = None) -> Any:
     """One path step: a dict key, a list index, or into JSON text. Never an attribute."""
+    if isinstance(step, Ref):  # a dynamic index: its value (a whole number or a key) is the step
+        step = _dynamic_step(resolve_ref(step, scope), step)
     if isinstance(value, str):
         try:
             decoded = json_text(value)
@@ -422,9 +475,34 @@ def _step_into(value: Any, step: str | int, ref: Ref, n: int) -> Any:
 
 def resolve_ref(ref: Ref, scope: Any) -> Any:
     value = scope(ref.root) if callable(scope) else _lookup(scope, ref.root)
-    for n, step in enumerate(ref.steps):
-        value = _step_into(value, step, ref, n)
+    return _walk(value, ref, 0, scope)
+
+
+def _walk(value: Any, ref: Ref, start: int, scope: Any) -> Any:
+    steps = ref.steps
+    for n in range(start, len(steps)):
+        step = steps[n]
+        if isinstance(step, Every):
+            if isinstance(value, str):
+                value = json_text(value) if value.lstrip()[:1] == "[" else value
+            if not isinstance(value, list | tuple):
+                raise _no_value(ref, n, "is not a list, so [*] has nothing to go over")
+            # a null item (a batch's failed item) stays null: the list keeps item positions
+            return [None if v is None else _walk(v, ref, n + 1, scope) for v in value]
+        value = _step_into(value, step, ref, n, scope)
     return value
+
+
+def _dynamic_step(value: Any, index: Ref) -> str | int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return int(value) if value.lstrip("-").isdigit() else value
+    raise MissingValue(
+        f"${{{index.text}}} used as an index is {to_text(value)}: an index must be a whole number "
+        "or a key",
+        index.root,
+    )
 
 
 def _lookup(scope: dict[str, Any], root: str) -> Any:

@@ -18,11 +18,21 @@ from fanflow.compile.graph import Graph
 from fanflow.compile.topology import Topology
 from fanflow.execute.retry import NO_RETRY, RetryPolicy
 from fanflow.load.model import BatchSpec, Workflow
-from fanflow.nodes import registry
+from fanflow.nodes import pocketflow_compat, registry
 from fanflow.nodes.base import AsyncNode, Node, Scope, is_async_node
 from fanflow.validate.params import checked_render
 
 Render = Callable[[Any, Scope], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoopPlan:
+    """A node's `loop:` (validate/loops.py), its templates parsed."""
+
+    condition: Any  # a whole template reading the node's own output
+    until: bool  # stop when the condition holds (else: go on while it holds)
+    carry: dict[str, Any]  # name → compiled template: the next pass's `inputs.<name>`
+    max_iterations: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,7 @@ class NodePlan:
     batch_items: Any  # compiled batch.items
     handles_error: bool  # an `error` edge leaves this node: a failure takes that edge
     holds_slot: bool = True  # the class's holds_slot: its lifecycle takes a budget slot
+    loop: LoopPlan | None = None  # runs again while/until its own output says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +95,8 @@ def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> Compil
     plans = {}
     kinds: dict[Any, _Kind] = {}  # what a node class gives every node of its type
     for spec in workflow.nodes:
-        cls = registry.get_node_class(spec.type)
+        # a PocketFlow batch/flow object runs through its adapter (nodes/pocketflow_compat.py)
+        cls = pocketflow_compat.adapt(registry.get_node_class(spec.type))
         kind = kinds.get(cls) or kinds.setdefault(cls, _Kind.of(cls))
         params = graph.params[spec.id]
         joins = kind.joins_on_first
@@ -105,6 +117,7 @@ def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> Compil
             batch_items=graph.batch_items.get(spec.id),
             handles_error=any(e.action == "error" for e in graph.out_edges[spec.id]),
             holds_slot=kind.holds_slot,
+            loop=_loop(spec.loop) if spec.loop is not None else None,
         )
     join_first = [not c.is_loop and plans[c.entry].joins_on_first for c in graph.components]
     outputs = {name: templates.compile_value(o.source) for name, o in workflow.outputs.items()}
@@ -143,6 +156,12 @@ class _Kind:
             policy=_class_policy(node_cls),
             holds_slot=bool(getattr(node_cls, "holds_slot", True)),
         )
+
+
+def _loop(spec: Any) -> LoopPlan:
+    text = spec.until if spec.until is not None else spec.while_
+    carry = {name: templates.compile_value(t) for name, t in spec.carry.items()}
+    return LoopPlan(templates.parse(text), spec.until is not None, carry, spec.max_iterations)
 
 
 def _default_render(compiled: Any, scope: Scope) -> dict[str, Any]:

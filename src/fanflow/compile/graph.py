@@ -158,6 +158,7 @@ def build_graph(
     workflow: Workflow,
     params: dict[str, Any] | None = None,
     batch_items: dict[str, Any] | None = None,
+    own_names: dict[str, tuple[str, ...]] | None = None,
 ) -> Graph:
     """Build the graph. Assumes ids are unique and edges name existing nodes (validated first).
     `params` / `batch_items`: the nodes' templates already parsed (else they are parsed here)."""
@@ -178,6 +179,10 @@ def build_graph(
             reads[node.id] = set()
             continue
         local = {batch_alias(node), *BATCH_VARS} if node.batch else set()
+        if node.loop is not None:
+            local.add("__iteration__")
+        if own_names and node.id in own_names:
+            local.update(own_names[node.id])  # the node's own names (shell `inputs`)
         found: set[str] = set()
         for compiled in (params[node.id], batch_items.get(node.id)):
             for _path, ref in templates.iter_refs(compiled):

@@ -26,6 +26,12 @@ class RunContext:
     # The global --max-concurrent budget (fanflow.execute.budget.Budget), shared by nested runs.
     budget: Any = None
     depth: int = 0  # how deep in sub-workflows this run is (0: the top-level run)
+    # Where sync leaves' exec runs besides the threads (fanflow.execute.executors.Executors;
+    # None: every sync leaf on the threads). Shared by nested runs.
+    executors: Any = None
+    # What an earlier run completed (fanflow.execute.resume_state.ResumeState), for --resume;
+    # a sub-workflow's run sees the entries recorded under its own prefix.
+    resume: Any = None
     # One client per provider per run (never one per call); closed when the run ends.
     clients: dict[str, Any] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

@@ -15,6 +15,7 @@ from typing import Any
 from fanflow import templates
 from fanflow.compile.compiled import NodePlan
 from fanflow.events import NODE_RETRY
+from fanflow.execute.executors import run_remote
 from fanflow.execute.state import RunState
 from fanflow.io.limits import LimitRegistry
 from fanflow.nodes.base import NodeShared
@@ -38,7 +39,7 @@ async def run_leaf(
     while True:
         if fallback is None:
             attempt += 1
-            node = _new_node(rs, plan, params, attempt)
+            node = _new_node(rs, plan, params, item, attempt)
         own: dict[str, Any] = {}
         shared = NodeShared(own, rs.inputs, rs.store)
         try:
@@ -104,6 +105,10 @@ async def _in_slot(
     try:
         on_start()
         if not plan.is_async:
+            executors = rs.ctx.executors
+            remote = executors.remote_for(rs.ctx.workflow, plan) if executors else None
+            if remote is not None:  # process / dask: exec there, prep and post here
+                return await run_remote(remote, node, shared, fallback)
             return await rs.ctx.threads.submit(_sync, node, shared, fallback)
         return await _async_lifecycle(plan, node, shared, fallback)
     finally:
@@ -141,10 +146,13 @@ def _sync(node: Any, shared: NodeShared, fallback: Exception | None) -> Any:
     return node.post(shared, prep, res)
 
 
-def _new_node(rs: RunState, plan: NodePlan, params: dict[str, Any], attempt: int) -> Any:
+def _new_node(
+    rs: RunState, plan: NodePlan, params: dict[str, Any], item: int | None, attempt: int
+) -> Any:
     node = plan.cls()
     node.params = params
     node.node_id = plan.id
+    node.item = item
     node.ctx = rs.ctx
     node.cur_retry = attempt - 1
     return node

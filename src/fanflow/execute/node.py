@@ -17,6 +17,7 @@ from fanflow.errors import NodeError
 from fanflow.events import NODE_FINISHED, NODE_STARTED
 from fanflow.execute.batch import coerce_items, run_batch
 from fanflow.execute.leaf import failure_message, run_leaf
+from fanflow.execute.loop import run_loop
 from fanflow.execute.state import RunState
 from fanflow.status import CANCELLED, FAILED, SUCCESS
 
@@ -61,6 +62,8 @@ async def run_node(rs: RunState, plan: NodePlan) -> str:
             batch_size["batch"] = len(items)
             on_start()
             outputs, action, attempts = await run_batch(rs, plan, items), "default", 1
+        elif plan.loop is not None:
+            outputs, action, attempts = await run_loop(rs, plan, on_start)
         else:
             params = dict(plan.params) if plan.static else plan.render(plan.params, rs.lookup)
             outputs, action, attempts = await run_leaf(rs, plan, params, None, on_start)

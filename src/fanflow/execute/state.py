@@ -96,6 +96,19 @@ class RunState:
             )
         raise templates.MissingValue(f"'{root}' is not an input or node", root)
 
+    def declared_outputs(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The workflow's declared outputs rendered from this run (None where a source has no
+        value), and why each missing one has none."""
+        outputs: dict[str, Any] = {}
+        missing: dict[str, str] = {}
+        for name, source in self.compiled.outputs.items():
+            try:
+                outputs[name] = templates.render(source, self.lookup)
+            except templates.MissingValue as exc:
+                outputs[name] = None
+                missing[name] = str(exc)
+        return outputs, missing
+
     def scope(self, extra: dict[str, Any]) -> Callable[[str], Any]:
         """`lookup` with extra names in front (a batch item's alias and `__index__`)."""
         lookup = self.lookup

@@ -44,6 +44,10 @@ GRACE = 0.5  # after a timeout's interrupt, how long the job may take to stop be
 _NEVER = float("inf")
 _by_thread: dict[int, _Worker] = {}  # thread ident → its worker, for fanflow worker threads
 _TIMED_OUT = "timed out after {timeout:g} s"
+# Set in a process or Dask worker (fanflow.execute.executors): runs an interruptible region of
+# a thread that is not a fanflow worker thread, (fn, args, timeout, message) → fn's result.
+local_regions: Callable[[Callable[..., Any], tuple[Any, ...], float | None, str], Any] | None
+local_regions = None
 
 
 class Interrupt(BaseException):
@@ -68,6 +72,8 @@ def run_interruptible(
     directly), or nested in another region, it is a plain call."""
     worker = _by_thread.get(threading.get_ident())
     if worker is None or worker.job is None or worker.region:
+        if worker is None and local_regions is not None:  # a worker process of an executor
+            return local_regions(fn, args, timeout, message)
         return fn(*args)
     executor = worker.executor
     try:
@@ -83,6 +89,13 @@ def run_interruptible(
                     pass
     except DeadlineExceeded:
         raise NodeError(message.format(timeout=timeout), retryable=True) from None
+
+
+def current_job() -> asyncio.Future[Any] | None:
+    """In a job on a fanflow worker thread, its future (a job running several items checks
+    `cancelled()` between them); else None."""
+    worker = _by_thread.get(threading.get_ident())
+    return worker.job if worker is not None else None
 
 
 class _Worker:
@@ -175,7 +188,11 @@ class ThreadExecutor:
             if self._closed or self._idle or self._threads >= self.size or self._jobs.empty():
                 return
             self._threads += 1
+            # look again shortly: a burst of blocking jobs gets a thread each within ms
+            again = self._watching = self._threads < self.size
         self._start_thread()
+        if again:
+            self.loop.call_later(_SPAWN_AFTER, self._maybe_grow)
 
     def _start_thread(self) -> None:
         name = f"{self.name}-{self._threads}"

@@ -5,6 +5,7 @@ A resource key names what a call uses:
 - ``llm:<provider>``           e.g. ``llm:openai`` (every model of that provider)
 - ``llm:<provider>/<model>``   e.g. ``llm:openai/gpt-4o-mini``
 - ``http:<host>``              any port of that host; ``http:<host>:<port>`` one port only
+- ``mcp:<server>``             every tool call to one MCP server (fanflow.nodes.mcp)
 - ``node:<type>``              every execution of a node type (acquired by the engine)
 
 Each configured key gets ONE :class:`Limiter` per run holding a FIFO concurrency cap and a strict
@@ -61,7 +62,7 @@ def _check_key(key: str) -> str:
         hint = f" (did you mean 'llm:{key}'?)" if key in ("openai", "anthropic") else ""
         raise LimitConfigError(
             f"invalid limit resource {key!r}: expected llm:<provider>[/<model>], "
-            f"http:<host>[:<port>] or node:<type>{hint}"
+            f"http:<host>[:<port>], mcp:<server> or node:<type>{hint}"
         )
     kind, _, rest = key.partition(":")
     if kind == "http":

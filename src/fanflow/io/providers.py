@@ -1,15 +1,16 @@
 """LLM providers behind one small interface of ours.
 
-- :class:`OpenAIProvider`: OpenAI and any OpenAI-compatible server through the official SDK's
-  ``AsyncOpenAI`` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``).
-- :class:`AnthropicProvider`: ``anthropic.AsyncAnthropic`` (optional extra ``fanflow[anthropic]``;
-  ``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``).
+- :class:`OpenAIProvider`: OpenAI and any OpenAI-compatible server, Chat Completions API
+  (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``).
+- :class:`AnthropicProvider`: the Anthropic Messages API (``ANTHROPIC_API_KEY`` or
+  ``ANTHROPIC_AUTH_TOKEN``, ``ANTHROPIC_BASE_URL``).
 
-One client per provider per run (:func:`get_provider` caches it in ``ctx.clients``): building a
-client costs ~90 ms of CPU and a client per call turned 100 concurrent 0.5 s calls into 5-8 s.
-SDK retries are off (``max_retries=0``) because the engine retries; SDK errors become
-:class:`~fanflow.errors.NodeError` with ``retryable``/``retry_after`` set for transient causes.
-API keys never appear in our messages: known keys and ``sk-...`` shapes are redacted.
+Both speak their API directly over one lean aiohttp session (fanflow.io.lean_http): the official
+SDKs cost ~15× the client CPU per call for one JSON POST. One client per provider per run
+(:func:`get_provider` caches it in ``ctx.clients``); the engine retries, so there are no client
+retries; HTTP errors become :class:`~fanflow.errors.NodeError` with ``retryable``/
+``retry_after`` set for transient causes. API keys never appear in our messages: known keys and
+``sk-...`` shapes are redacted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fanflow.errors import NodeError
+from fanflow.io.lean_http import LeanClient
 
 if TYPE_CHECKING:
     from fanflow.execute.context import RunContext
@@ -35,6 +37,9 @@ DEFAULT_TIMEOUT = 120.0  # seconds per call; the node's `timeout` param override
 ANTHROPIC_DEFAULT_MAX_TOKENS = 4096  # the Messages API requires max_tokens
 _EXCERPT = 300
 _PLACEHOLDER_KEY = "not-needed"
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+ANTHROPIC_DEFAULT_URL = "https://api.anthropic.com"
+ANTHROPIC_VERSION = "2023-06-01"  # the Messages API version header
 OLLAMA_DEFAULT_URL = "http://localhost:11434/v1"  # for OpenAI-compatible servers that take no key
 
 # Environment variables that hold secrets; their values are scrubbed from every message.
@@ -194,7 +199,7 @@ def body_excerpt(body: Any, limit: int = _EXCERPT) -> str:
     return body if len(body) <= limit else body[:limit] + "…"
 
 
-def _status_error(
+def status_error(
     provider: str, status: int, headers: Mapping[str, str] | None, body: Any, secrets: list[str]
 ) -> NodeError:
     transient = is_transient_status(status)
@@ -208,30 +213,6 @@ def _status_error(
     return NodeError(
         msg, retryable=transient, retry_after=parse_retry_after(headers) if transient else None
     )
-
-
-def _map_sdk_error(
-    exc: Exception, provider: str, sdk: Any, secrets: list[str], timeout: float | None
-) -> NodeError:
-    """Translate an openai/anthropic SDK exception (both share the same class names)."""
-    if isinstance(exc, sdk.APITimeoutError):
-        after = f" after {timeout:g}s" if timeout else ""
-        return NodeError(f"{provider} request timed out{after}", retryable=True)
-    if isinstance(exc, sdk.APIConnectionError):
-        cause = exc.__cause__ or exc.__context__
-        detail = f": {type(cause).__name__}: {cause}" if cause else ""
-        return NodeError(redact(f"{provider} connection error{detail}", secrets), retryable=True)
-    if isinstance(exc, sdk.APIStatusError):
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        body = getattr(exc, "body", None)
-        if body is None and response is not None:
-            try:
-                body = response.text
-            except Exception:
-                body = None
-        return _status_error(provider, exc.status_code, headers, body, secrets)
-    return NodeError(redact(f"{provider} client error: {exc}", secrets), retryable=False)
 
 
 # --------------------------------------------------------------------------- providers
@@ -248,10 +229,7 @@ class OpenAIProvider(LLMProvider):
         base_url: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        import openai
-
         env = os.environ if env is None else env
-        self._sdk = openai
         base_url = base_url or env.get("OPENAI_BASE_URL") or None
         api_key = api_key or env.get("OPENAI_API_KEY") or None
         if api_key is None:
@@ -259,9 +237,8 @@ class OpenAIProvider(LLMProvider):
                 raise NodeError(missing_key_message("openai"), retryable=False)
             api_key = _PLACEHOLDER_KEY  # local compatible servers usually ignore the key
         self._secrets = [api_key]
-        self.client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=DEFAULT_TIMEOUT
-        )
+        self._url = (base_url or OPENAI_DEFAULT_URL).rstrip("/") + "/chat/completions"
+        self.client = LeanClient(self.name, {"authorization": f"Bearer {api_key}"}, self._secrets)
 
     async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
         messages = _with_images(req, lambda text: [{"type": "text", "text": text}] + [
@@ -274,27 +251,27 @@ class OpenAIProvider(LLMProvider):
             kwargs["temperature"] = req.temperature
         if req.max_tokens is not None:
             kwargs["max_tokens"] = req.max_tokens
-        if req.timeout is not None:
-            kwargs["timeout"] = req.timeout
         if req.schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": req.schema, "strict": False},
             }
-        try:
-            resp = await self.client.chat.completions.create(**kwargs)
-        except self._sdk.OpenAIError as exc:
-            raise _map_sdk_error(exc, self.name, self._sdk, self._secrets, req.timeout) from None
-        choices = getattr(resp, "choices", None) or []
-        text = (choices[0].message.content if choices else None) or ""
-        usage = getattr(resp, "usage", None)
-        tin = int(getattr(usage, "prompt_tokens", 0) or 0)
-        tout = int(getattr(usage, "completion_tokens", 0) or 0)
-        total = int(getattr(usage, "total_tokens", 0) or 0) or tin + tout
+        resp = await self.client.post_json(self._url, kwargs, req.timeout or DEFAULT_TIMEOUT)
+        choices = resp.get("choices") or []
+        message = (
+            (choices[0].get("message") if isinstance(choices[0], dict) else None)
+            if choices
+            else None
+        )
+        text = (message or {}).get("content") or ""
+        usage = resp.get("usage") or {}
+        tin = int(usage.get("prompt_tokens") or 0)
+        tout = int(usage.get("completion_tokens") or 0)
+        total = int(usage.get("total_tokens") or 0) or tin + tout
         return text, {"input_tokens": tin, "output_tokens": tout, "total_tokens": total}
 
     async def aclose(self) -> None:
-        await self.client.close()
+        await self.client.aclose()
 
 
 class AnthropicProvider(LLMProvider):
@@ -308,30 +285,17 @@ class AnthropicProvider(LLMProvider):
         base_url: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        try:
-            import anthropic
-        except ImportError:
-            raise NodeError(
-                "the anthropic package is not installed: pip install 'fanflow[anthropic]' "
-                "(or pip install anthropic)",
-                retryable=False,
-            ) from None
         env = os.environ if env is None else env
-        self._sdk = anthropic
         api_key = api_key or env.get("ANTHROPIC_API_KEY") or None
         auth_token = env.get("ANTHROPIC_AUTH_TOKEN") or None
         if api_key is None and auth_token is None:
             raise NodeError(missing_key_message("anthropic"), retryable=False)
         self._secrets = [s for s in (api_key, auth_token) if s]
-        kwargs: dict[str, Any] = {"max_retries": 0, "timeout": DEFAULT_TIMEOUT}
-        if api_key:
-            kwargs["api_key"] = api_key
-        else:
-            kwargs["auth_token"] = auth_token
-        base_url = base_url or env.get("ANTHROPIC_BASE_URL") or None
-        if base_url:
-            kwargs["base_url"] = base_url
-        self.client = anthropic.AsyncAnthropic(**kwargs)
+        auth = {"x-api-key": api_key} if api_key else {"authorization": f"Bearer {auth_token}"}
+        headers = {**auth, "anthropic-version": ANTHROPIC_VERSION}
+        base_url = base_url or env.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_URL
+        self._url = base_url.rstrip("/") + "/v1/messages"
+        self.client = LeanClient(self.name, headers, self._secrets)
 
     async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
         messages = _with_images(req, lambda text: [
@@ -346,8 +310,6 @@ class AnthropicProvider(LLMProvider):
             kwargs["system"] = req.system
         if req.temperature is not None:
             kwargs["temperature"] = req.temperature
-        if req.timeout is not None:
-            kwargs["timeout"] = req.timeout
         if req.schema is not None:  # tool mode: the forced tool's input is the structured reply
             kwargs["tools"] = [
                 {
@@ -357,25 +319,20 @@ class AnthropicProvider(LLMProvider):
                 }
             ]
             kwargs["tool_choice"] = {"type": "tool", "name": "output"}
-        try:
-            resp = await self.client.messages.create(**kwargs)
-        except self._sdk.AnthropicError as exc:
-            raise _map_sdk_error(exc, "anthropic", self._sdk, self._secrets, req.timeout) from None
-        blocks = getattr(resp, "content", None) or []
-        tool = next((b for b in blocks if getattr(b, "type", "") == "tool_use"), None)
+        resp = await self.client.post_json(self._url, kwargs, req.timeout or DEFAULT_TIMEOUT)
+        blocks = [b for b in resp.get("content") or [] if isinstance(b, dict)]
+        tool = next((b for b in blocks if b.get("type") == "tool_use"), None)
         if req.schema is not None and tool is not None:
-            text = json.dumps(getattr(tool, "input", None), ensure_ascii=False)
+            text = json.dumps(tool.get("input"), ensure_ascii=False)
         else:
-            text = "".join(
-                getattr(b, "text", "") or "" for b in blocks if getattr(b, "type", "") == "text"
-            )
-        usage = getattr(resp, "usage", None)
-        tin = int(getattr(usage, "input_tokens", 0) or 0)
-        tout = int(getattr(usage, "output_tokens", 0) or 0)
+            text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+        usage = resp.get("usage") or {}
+        tin = int(usage.get("input_tokens") or 0)
+        tout = int(usage.get("output_tokens") or 0)
         return text, {"input_tokens": tin, "output_tokens": tout, "total_tokens": tin + tout}
 
     async def aclose(self) -> None:
-        await self.client.close()
+        await self.client.aclose()
 
 
 def _with_images(
@@ -486,18 +443,20 @@ def register_provider(name: str, factory: Callable[[], LLMProvider]) -> None:
     _PROVIDERS[name.lower()] = factory
 
 
+def new_provider(name: str) -> LLMProvider:
+    """A new instance of provider `name` (the caller closes it); NodeError when unknown."""
+    factory = _PROVIDERS.get(name)
+    if factory is None:
+        raise NodeError(f"unknown LLM provider {name!r} (known: {', '.join(sorted(_PROVIDERS))})")
+    return factory()
+
+
 def get_provider(ctx: RunContext, name: str) -> LLMProvider:
     """The run's one provider instance for `name`, created on first use, closed at run end."""
     key = f"llm:{name}"
     provider = ctx.clients.get(key)
     if provider is None:
-        factory = _PROVIDERS.get(name)
-        if factory is None:
-            raise NodeError(
-                f"unknown LLM provider {name!r} (known: {', '.join(sorted(_PROVIDERS))})"
-            )
-        provider = factory()
-        ctx.clients[key] = provider
+        provider = ctx.clients[key] = new_provider(name)
         ctx.on_close(provider.aclose)
     return provider
 
@@ -531,10 +490,6 @@ def preflight_llm(params: Mapping[str, Any], env: Mapping[str, str] | None = Non
         if not env.get("OPENAI_API_KEY") and not env.get("OPENAI_BASE_URL"):
             return missing_key_message("openai")
     elif provider == "anthropic":
-        try:
-            import anthropic  # noqa: F401
-        except ImportError:
-            return "the anthropic package is not installed: pip install 'fanflow[anthropic]'"
         if not env.get("ANTHROPIC_API_KEY") and not env.get("ANTHROPIC_AUTH_TOKEN"):
             return missing_key_message("anthropic")
     elif provider not in _PROVIDERS:

@@ -105,6 +105,9 @@ def field_path(loc: tuple[str | int, ...]) -> str:
 # The IR
 
 
+EXECUTOR = r"^(thread|process|dask(=\S+)?)$"  # fanflow.execute.executors parses it
+
+
 @dataclass(kw_only=True)
 class InputSpec(Model):
     """A workflow input. `secret`: its value is masked (***) in everything fanflow stores or
@@ -123,6 +126,9 @@ class OutputSpec(Model):
     source: str
     description: str = ""
     type: str | None = None
+    # The CLI's text output prints this output alone, as it is (pflow's `stdout: true`), so the
+    # workflow's result can be piped; at most one output says so.
+    stdout: bool = False
 
 
 @dataclass(kw_only=True)
@@ -166,6 +172,17 @@ class RetrySpec(Model):
 
 
 @dataclass(kw_only=True)
+class LoopSpec(Model):
+    """Run the node again while (or until) a value of its own output holds (pflow's `loop:`).
+    `carry` gives the next pass's `inputs.<name>` from this pass's outputs."""
+
+    while_: str | None = field(default=None, metadata=_meta(alias="while"))
+    until: str | None = None
+    carry: dict[str, str] = field(default_factory=dict)
+    max_iterations: int = field(default=100, metadata=_meta(ge=1, le=100_000))
+
+
+@dataclass(kw_only=True)
 class NodeSpec(Model):
     id: str = field(metadata=_meta(pattern=NODE_ID))
     type: str
@@ -174,6 +191,10 @@ class NodeSpec(Model):
     batch: BatchSpec | None = None
     batch_config: BatchConfig | None = None  # the older form; converted into `batch`
     retry: RetrySpec | None = None
+    loop: LoopSpec | None = None
+    # Where this node's sync `exec` runs: thread | process | dask[=ADDRESS] (docs/executors.md).
+    # Wins over the run's --executor and the workflow's `executor`.
+    executor: str | None = field(default=None, metadata=_meta(pattern=EXECUTOR))
 
     def __post_init__(self) -> None:
         self._post_validate()
@@ -208,6 +229,27 @@ class LimitSpec(Model):
 
 
 @dataclass(kw_only=True)
+class McpServerSpec(Model):
+    """An MCP server, in the shape MCP hosts use: `command` (+ `args`, `env`, `cwd`) starts a
+    stdio server; `url` (+ `headers`) reaches a streamable HTTP one (docs/mcp.md)."""
+
+    type: Literal["stdio", "http", "streamable-http"] | None = None
+    command: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def _post_validate(self) -> None:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(
+                "an MCP server needs either 'command' (a stdio server) or 'url' (streamable "
+                "HTTP), not both or neither"
+            )
+
+
+@dataclass(kw_only=True)
 class Workflow(Model):
     ir_version: str = field(metadata=_meta(pattern=r"^\d+\.\d+\.\d+$"))
     name: str | None = None
@@ -218,9 +260,12 @@ class Workflow(Model):
     edges: list[EdgeSpec] = field(default_factory=list)
     start_node: str | None = None
     limits: dict[str, LimitSpec] = field(default_factory=dict)
+    mcp_servers: dict[str, McpServerSpec] = field(default_factory=dict)
     max_concurrent: int | None = field(default=None, metadata=_meta(ge=1))
     on_error: Literal["fail_fast", "continue"] = "fail_fast"
     max_visits: int = field(default=100, metadata=_meta(ge=1))
+    # The default executor of the workflow's sync nodes (the run's --executor overrides it).
+    executor: str | None = field(default=None, metadata=_meta(pattern=EXECUTOR))
 
     # Set by the loader, not part of the document: where it came from, for error messages.
     _source: str | None = field(default=None, init=False, repr=False, compare=False)
@@ -229,6 +274,8 @@ class Workflow(Model):
     _pipeline_paths: dict[str, str] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    # Set by the loader: what it accepted but has no effect (pflow keys), said as run warnings.
+    _notes: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     @property
     def source(self) -> str | None:

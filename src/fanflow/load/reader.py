@@ -118,12 +118,16 @@ def parse_workflow(doc: dict[str, Any], file: str | None = None) -> Workflow:
     paths: dict[str, str] | None = None
     from fanflow.load.pflow_ir import from_pflow_ir, is_pflow_ir
 
+    notes: list[str] = []
     if is_pflow_ir(doc):  # pflow's IR as pflow emits it (a JSON file or a dict)
-        doc = from_pflow_ir(doc, file)
+        doc = from_pflow_ir(doc, file, notes)
     if "pipeline" in doc:
         from fanflow.load.pipeline import normalise_pipeline_with_paths
 
         doc, paths = normalise_pipeline_with_paths(doc, file)
+    from fanflow.load.mcp_names import translate_mcp_names
+
+    doc = translate_mcp_names(doc)  # pflow's `mcp-<server>-<tool>` nodes → `type: mcp`
     try:
         workflow = Workflow.from_dict(doc)
     except SchemaInvalid as exc:
@@ -131,6 +135,7 @@ def parse_workflow(doc: dict[str, Any], file: str | None = None) -> Workflow:
         raise WorkflowInvalid(map_pipeline_paths(problems, paths)) from None
     workflow._source = file
     workflow._pipeline_paths = paths
+    workflow._notes = tuple(notes)
     return workflow
 
 

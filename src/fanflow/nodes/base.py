@@ -35,6 +35,10 @@ class Param:
     items: tuple[str, ...] = ()  # object/array: the types its values may have (empty: any)
     gt: float | None = None  # number/integer: the value must be greater than this
     ge: float | None = None  # number/integer: … greater than or equal to this
+    # An object or array value is passed on as written: `${…}` inside belongs to something else
+    # (an inline sub-workflow's own templates), so this workflow neither parses nor renders it.
+    # A text value is an ordinary param (it may be a template).
+    raw: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,16 @@ class Node:
     # slot while their leaves queue for one. Such a node takes `self.ctx.budget` slots itself
     # for any work of its own.
     holds_slot: ClassVar[bool] = True
+    # True when `exec` may run in another process or on another machine (docs/executors.md):
+    # it needs only its params and prep result (never `self.ctx`, the shared store, or the
+    # driver's files), and the class, params, prep result and exec result pickle. A run's or a
+    # workflow's `executor` moves only such nodes off the driver's threads; a node's own
+    # `executor` moves any sync node. Async nodes always run on the driver's loop.
+    remote_exec: ClassVar[bool] = False
 
     ctx: RunContext
     node_id: str
+    item: int | None = None  # the batch item's index this execution runs (None: not a batch)
 
     def __init__(self, max_retries: int = 1, wait: float = 0) -> None:
         self.params: dict[str, Any] = {}
@@ -101,6 +112,24 @@ class Node:
         `source` is the file it came from): a sub-workflow's file, an MCP server the workflow
         configures. Reported like `validate_params`."""
         return []
+
+    @classmethod
+    def local_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        """Names the node's own params may read as `${name}` besides the workflow's inputs and
+        nodes (the shell's `inputs`, pflow's form); its `render_params` supplies their values."""
+        return ()
+
+    @classmethod
+    def plan_detail(cls, params: dict[str, Any]) -> str | None:
+        """A few words `fanflow plan` shows next to the node (its params as written), e.g. the
+        MCP server and tool it calls. None: nothing to add."""
+        return None
+
+    @classmethod
+    def child_workflow(cls, params: dict[str, Any], workflow: Any) -> Any:
+        """The workflow this node runs, compiled, when it runs one (a sub-workflow): `fanflow
+        plan` shows its plan under the node. None for other nodes."""
+        return None
 
     @classmethod
     def joins_on_first(cls, params: dict[str, Any]) -> bool:

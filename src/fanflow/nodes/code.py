@@ -10,6 +10,7 @@ stop a pure-Python loop at its next bytecode (fanflow.execute.threads).
 from __future__ import annotations
 
 import builtins
+import json
 from types import CodeType, TracebackType
 from typing import Any, NoReturn
 
@@ -23,6 +24,8 @@ DEFAULT_TIMEOUT = 30.0  # seconds, as pflow's code node
 _FILENAME = "<code>"
 _CACHE_SIZE = 4096  # compiled sources kept (a long-lived host must not grow without bound)
 _compiled: dict[str, CodeType] = {}
+# source → {input name: the type its top-level annotation names} (pflow's typed inputs)
+_typed: dict[str, dict[str, str]] = {}
 
 
 class CodeNode(Node):
@@ -40,6 +43,7 @@ class CodeNode(Node):
         "stderr": "what the code wrote to sys.stderr",
     }
     actions = None  # any: the code's `next`
+    remote_exec = True  # pure: params in, outputs out (the process and dask executors)
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[str | ParamProblem]:
@@ -69,7 +73,8 @@ class CodeNode(Node):
             code = _compile(source)
         except SyntaxError as exc:  # only code rendered from a template gets here
             raise NodeError(_syntax_message(exc)) from None
-        namespace: dict[str, Any] = dict(p.get("inputs") or {})
+        namespace: dict[str, Any] = typed_inputs(source, dict(p.get("inputs") or {}))
+        namespace[_GIVEN] = frozenset(namespace)
         namespace["__builtins__"] = _builtins()
         timeout = p.get("timeout")
         timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
@@ -139,11 +144,79 @@ def _user_line(tb: TracebackType | None) -> int | None:
 def _compile(source: str) -> CodeType:
     code = _compiled.get(source)
     if code is None:
-        code = compile(source, _FILENAME, "exec")
+        tree, typed = _given_inputs_win(source)
+        code = compile(tree, _FILENAME, "exec")
         if len(_compiled) >= _CACHE_SIZE:
             _compiled.clear()
+            _typed.clear()
         _compiled[source] = code
+        if typed:
+            _typed[source] = typed
     return code
+
+
+_DECODES = {"dict": dict, "list": list, "int": int, "float": float, "bool": bool}
+
+
+def typed_inputs(source: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """pflow's typed inputs: an input given as text whose top-level annotation in the code is
+    `dict`, `list`, `int`, `float` or `bool` is decoded from JSON (a shell's stdout holding an
+    object reaches `data: dict` as the object). Text that is not that type is an error naming
+    the input, as pflow's is. Call after `_compile(source)`."""
+    typed = _typed.get(source)
+    if not typed:
+        return inputs
+    out = dict(inputs)
+    for name, kind in typed.items():
+        value = out.get(name)
+        if not isinstance(value, str) or kind not in _DECODES:
+            continue
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = None
+        want = _DECODES[kind]
+        if kind == "float" and isinstance(decoded, int) and not isinstance(decoded, bool):
+            decoded = float(decoded)
+        if not isinstance(decoded, want) or (want is int and isinstance(decoded, bool)):
+            shown = value if len(value) <= 60 else value[:60] + "…"
+            raise NodeError(
+                f"input '{name}' expects {kind} but received text {shown!r}", retryable=False
+            )
+        out[name] = decoded
+    return out
+
+
+_GIVEN = "__fanflow_inputs__"  # the names of the inputs given, in the code's namespace
+
+
+def _given_inputs_win(source: str) -> tuple[Any, dict[str, str]]:
+    """pflow's typed inputs. A top-level `name: type = default` declares an input with a
+    default, so a value given in `inputs` (or carried round a loop) wins over the default: the
+    statement becomes `if "name" not in <given>: name: type = default`. Also returns each
+    top-level annotated name's type (for `typed_inputs`). Code without a top-level default
+    compiles as written (the source itself, for exact line numbers in errors)."""
+    import ast
+
+    if ":" not in source:
+        return source, {}
+    tree = ast.parse(source, _FILENAME)
+    changed = False
+    typed: dict[str, str] = {}
+    for i, stmt in enumerate(tree.body):
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        if isinstance(stmt.annotation, ast.Name) and stmt.target.id not in ("result", "next"):
+            typed[stmt.target.id] = stmt.annotation.id
+        if stmt.value is not None:
+            test = ast.Compare(
+                ast.Constant(stmt.target.id), [ast.NotIn()], [ast.Name(_GIVEN, ast.Load())]
+            )
+            tree.body[i] = ast.copy_location(ast.If(test, [stmt], []), stmt)
+            changed = True
+    if not changed:
+        return source, typed
+    return ast.fix_missing_locations(tree), typed
 
 
 def _syntax_message(exc: SyntaxError) -> str:

@@ -17,10 +17,16 @@ BUILTIN_NODES: dict[str, str] = {
     "shell": "fanflow.nodes.shell:ShellNode",
     "read-file": "fanflow.nodes.files:ReadFileNode",
     "write-file": "fanflow.nodes.files:WriteFileNode",
+    "copy-file": "fanflow.nodes.files:CopyFileNode",
+    "move-file": "fanflow.nodes.files:MoveFileNode",
+    "delete-file": "fanflow.nodes.files:DeleteFileNode",
     "code": "fanflow.nodes.code:CodeNode",
     "http": "fanflow.nodes.http:HttpNode",
     "llm": "fanflow.nodes.llm:LlmNode",
     "merge": "fanflow.nodes.merge:MergeNode",
+    "mcp": "fanflow.nodes.mcp:McpNode",
+    "workflow": "fanflow.nodes.workflow:WorkflowNode",
+    "agent": "fanflow.nodes.agent:AgentNode",
 }
 
 _registered: dict[str, Any] = {}

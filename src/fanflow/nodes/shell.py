@@ -27,10 +27,12 @@ class ShellNode(AsyncNode):
         "env": Param("object", description="extra environment variables", items=("string", "number")),
         "timeout": Param("number", default=None, description="seconds before the command is killed", gt=0),
         "ignore_errors": Param("boolean", default=False, description="a non-zero exit is not a failure"),
+        "strip_newline": Param("boolean", default=True, description="drop stdout's trailing newline"),
+        "inputs": Param("object", description="names the command can use as ${name} (values may be templates), pflow's form"),
     }  # fmt: skip
     actions = ("default", "error")  # a non-zero exit is `error` (taken by an error edge)
     outputs_spec = {
-        "stdout": "standard output, trailing newline stripped",
+        "stdout": "standard output, its trailing newline stripped (unless strip_newline: false)",
         "stderr": "standard error",
         "exit_code": "the exit status",
     }
@@ -41,11 +43,22 @@ class ShellNode(AsyncNode):
         reference to a variable holding its value (added to `env`), quoted for its shell
         context (nodes/shell_syntax.py, docs/shell.md)."""
         params = {k: templates.render(v, scope) for k, v in compiled.items() if k != "command"}
+        own = params.get("inputs")
+        if isinstance(own, dict) and own:  # the command's own names first, then the workflow's
+
+            def scope(root: str, outer: Scope = scope, own: dict[str, Any] = own) -> Any:
+                return own[root] if root in own else outer(root)
+
         command, values = shell_syntax.render_command(compiled["command"], scope, VALUE_PREFIX)
         params["command"] = command
         if values:
             params["env"] = {**(params.get("env") or {}), **values}
         return params
+
+    @classmethod
+    def local_names(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        own = params.get("inputs")
+        return tuple(own) if isinstance(own, dict) else ()
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[str | ParamProblem]:
@@ -90,7 +103,9 @@ class ShellNode(AsyncNode):
         except BaseException:  # cancelled: fail-fast, SIGINT or a lost race
             await _kill_group(proc)
             raise
-        stdout = out.decode(errors="replace").removesuffix("\n")
+        stdout = out.decode(errors="replace")
+        if p.get("strip_newline") is not False:
+            stdout = stdout.removesuffix("\n")
         stderr = err.decode(errors="replace")
         outputs: dict[str, Any] = {"stdout": stdout, "stderr": stderr, "exit_code": proc.returncode}
         if proc.returncode != 0 and not p.get("ignore_errors"):

@@ -300,6 +300,24 @@ def pack_lanes(spans: Sequence[Span]) -> list[int]:
     return pack_intervals([s.start for s in spans], [s.end for s in spans])
 
 
+def sub_workflow_holders(node_runs: list[Span]) -> set[tuple[str, int | None]]:
+    """(node, item) pairs whose run is a sub-workflow's: every prefix of a nested node id
+    (`a[2]/b/c` → ("a", None), ("a", 2), ("a[2]/b", None))."""
+    out: set[tuple[str, int | None]] = set()
+    for node_id in {s[0] for s in node_runs if "/" in s[0]}:
+        head = ""
+        for part in node_id.split("/")[:-1]:
+            name, item = part, None
+            if part.endswith("]") and "[" in part:
+                name, _, index = part[:-1].rpartition("[")
+                item = int(index) if index.isdigit() else None
+            out.add((head + name, None))
+            if item is not None:
+                out.add((head + name, item))
+            head += part + "/"
+    return out
+
+
 def pack_intervals(starts: list[Any], ends: list[Any]) -> list[int]:
     """`pack_lanes` on parallel lists of starts and ends (floats, or int µs)."""
     n = len(starts)

@@ -44,6 +44,15 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {"id": n, "type": spec.type, "level": level_of[n], "deps": deps[n]}
         if spec.purpose:
             entry["purpose"] = spec.purpose
+        plans = getattr(workflow, "nodes", None)
+        detail_of = getattr(plans[n].cls, "plan_detail", None) if plans else None
+        detail = detail_of(spec.params) if detail_of is not None else None
+        if detail:
+            entry["detail"] = detail
+        child_of = getattr(plans[n].cls, "child_workflow", None) if plans else None
+        child = child_of(spec.params, workflow.workflow) if child_of is not None else None
+        if child is not None:  # a node that runs another workflow: its plan, under the node
+            entry["workflow"] = build_plan(child)
         if spec.batch is not None:
             b = spec.batch
             entry["batch"] = {
@@ -342,16 +351,22 @@ def format_plan_text(plan: dict[str, Any]) -> str:
     if plan["warnings"]:
         out += ["", "warnings:"]
         out += [f"  - {w}" for w in plan["warnings"]]
+    for node in plan["nodes"]:
+        if "workflow" in node:
+            child = format_plan_text(node["workflow"]).splitlines()
+            out += ["", f"sub-workflow of {node['id']}: " + child[0].removeprefix("plan for ")]
+            out += [f"  {line}" if line else line for line in child[1:]]
     return "\n".join(out)
 
 
 def _node_label(node: dict[str, Any]) -> str:
     b = node.get("batch")
+    detail = f" [{node['detail']}]" if node.get("detail") else ""
     if b is None:
-        return str(node["id"])
+        return f"{node['id']}{detail}"
     items = f"{b['items']} items" if isinstance(b["items"], int) else f"items {b['items']}"
     how = f"{b['max_concurrent']} at a time" if b["parallel"] else "one at a time"
-    return f"{node['id']} (batch: {items}, {how})"
+    return f"{node['id']}{detail} (batch: {items}, {how})"
 
 
 # -- Mermaid --------------------------------------------------------------------------------------

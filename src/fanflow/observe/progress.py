@@ -234,6 +234,14 @@ class _ProgressBase:
     def handle(self, e: Event) -> None:
         kind = e.kind
         g = self.g
+        if e.node is not None and "/" in e.node and kind != NODE_RETRY:
+            # A sub-workflow's node: its parent's line stands for it; only a failure is shown,
+            # as the cause the parent's failure line quotes.
+            d = e.data
+            if kind == NODE_FINISHED and d.get("status") == FAILED and not d.get("handled"):
+                err = _first_line(d.get("error")) if d.get("error") else FAILED
+                self._line(f"{g['fail']} {e.node}: {err}", "red")
+            return
         if kind == ITEM_FINISHED:
             b = self.batches.get(e.node)  # type: ignore[arg-type]
             if b is None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from fanflow._gc import gc_paused
 from fanflow.events import Event
-from fanflow.observe._spans import Built, Recorder, Span, short_error
+from fanflow.observe._spans import Built, Recorder, Span, short_error, sub_workflow_holders
 from fanflow.status import CANCELLED, FAILED, PENDING, RUNNING, SKIPPED, SUCCESS
 
 TOP_SLOWEST = 5
@@ -94,6 +94,10 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
     batch_nodes.update([s[0] for s in node_runs if s[8] is not None])
 
     leaf_runs = [s for s in node_runs if s[0] not in batch_nodes] if batch_nodes else node_runs
+    holders = sub_workflow_holders(node_runs)  # their time is their children's: not counted
+    if holders:
+        leaf_runs = [s for s in leaf_runs if (s[0], None) not in holders]
+        items = [s for s in items if (s[0], s[1]) not in holders]
     intervals = [(s[2], s[3]) for s in leaf_runs] + [(s[2], s[3]) for s in items]
     busy = sum([e - s for s, e in intervals])
     wall = max(built.t_end - built.t0, 0.0)
@@ -124,7 +128,8 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
             status_by_node[sk.node] = SUCCESS  # completed by an earlier run
             resumed += 1
 
-    counts = dict(Counter(status_by_node.values()))
+    nested = sum(1 for n in status_by_node if "/" in n)  # nodes of sub-workflows
+    counts = dict(Counter(v for n, v in status_by_node.items() if "/" not in n))
     not_run = [n for n in meta.get("nodes") or () if n not in status_by_node]
     if not_run:  # never started: the run stopped first (fail-fast, interrupt)
         counts[PENDING] = len(not_run)
@@ -153,7 +158,11 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
         f["error"] = short_error(s.error, 300)
         failures.append(f)
 
-    path = critical_path(built, meta.get("deps"), node_runs)
+    if holders:  # the path runs through this workflow's nodes, then descends into children
+        path = critical_path(built, meta.get("deps"), [s for s in node_runs if "/" not in s[0]])
+        _descend(path, spans, holders, built.t0)
+    else:
+        path = critical_path(built, meta.get("deps"), node_runs)
     seq = busy + idle
     return {
         "status": meta.get("status") or (RUNNING if spans else PENDING),
@@ -167,6 +176,7 @@ def summarize(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
         "critical_path_ms": round(sum([p["ms"] for p in path]), 3),
         "slowest": slowest,
         "nodes": counts,
+        "nested": nested,
         "handled": len(handled),  # of the failed: an `error` edge took the failure
         "resumed": resumed,
         "retries": sum(map(len, map(_RETRIES, spans))),
@@ -239,6 +249,38 @@ def format_llm_usage(u: dict[str, Any]) -> str:
 _NOT_ON_PATH = (SKIPPED, CANCELLED)  # cancelled nodes stop because something else failed
 
 
+def _descend(
+    path: list[dict[str, Any]], spans: list[Span], holders: set[tuple[str, int | None]], t0: float
+) -> None:
+    """For each step of the path that ran a sub-workflow, `via`: the chain inside the child
+    run that ended last (for a batch, its slowest item), walked back from its last span by
+    what finished before each started."""
+    for step in path:
+        node = step["node"]
+        if (node, None) not in holders:
+            continue
+        runs = [
+            s for s in spans if s.item is not None and s.node == node and (node, s.item) in holders
+        ]
+        key = f"{node}[{max(runs, key=lambda s: s.end).item}]/" if runs else f"{node}/"
+        inner = sorted(
+            (
+                s
+                for s in spans
+                if s.item is None and s.node.startswith(key) and "/" not in s.node[len(key) :]
+            ),
+            key=lambda s: s.end,
+        )
+        chain: list[Span] = []
+        while inner:
+            last = inner.pop()
+            chain.append(last)
+            inner = [s for s in inner if s.end <= last.start + _EPS]
+        step["via"] = [
+            {"node": s.node, "ms": round((s.end - s.start) * 1e6) / 1e3} for s in reversed(chain)
+        ]
+
+
 def critical_path(
     built: Built, deps: dict[str, list[str]] | None, node_runs: list[Span] | None = None
 ) -> list[dict[str, Any]]:
@@ -302,6 +344,14 @@ def _fmt_s(ms: float) -> str:
     return f"{ms / 1000:.2f}s"
 
 
+def _fmt_step(step: dict[str, Any]) -> str:
+    text = f"{step['node']} {_fmt_s(step['ms'])}"
+    via = step.get("via")
+    if via:
+        text += " [" + " -> ".join(f"{v['node']} {_fmt_s(v['ms'])}" for v in via) + "]"
+    return text
+
+
 def format_summary(d: dict[str, Any]) -> str:
     """A few lines for stderr. ASCII only, so it survives any terminal or log encoding."""
     counts = d.get("nodes", {})
@@ -311,9 +361,10 @@ def format_summary(d: dict[str, Any]) -> str:
         extra, word = notes.get(st, (None, ""))
         parts.append(f"{n} {st}" + (f" incl. {extra} {word}" if extra else ""))
     total = sum(counts.values())
+    nested = f", +{d['nested']} in sub-workflows" if d.get("nested") else ""
     lines = [
         f"run {d.get('status', '?')} in {_fmt_s(d['wall_ms'])}: {total} nodes"
-        + (f" ({', '.join(parts)})" if parts else "")
+        + (f" ({', '.join(parts)}{nested})" if parts else "")
     ]
     lines.append(
         f"  busy {_fmt_s(d['busy_ms'])}, parallelism {d['parallelism']:.1f}x, "
@@ -322,7 +373,7 @@ def format_summary(d: dict[str, Any]) -> str:
     path = d.get("critical_path") or []
     if path:
         shown = path if len(path) <= 8 else [*path[:3], None, *path[-4:]]
-        chain = " -> ".join("..." if p is None else f"{p['node']} {_fmt_s(p['ms'])}" for p in shown)
+        chain = " -> ".join("..." if p is None else _fmt_step(p) for p in shown)
         lines.append(
             f"  critical path {_fmt_s(d['critical_path_ms'])} ({len(path)} nodes): {chain}"
         )

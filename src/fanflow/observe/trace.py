@@ -32,6 +32,7 @@ from fanflow.observe._spans import (
     Span,
     pack_intervals,
     short_error,
+    sub_workflow_holders,
 )
 from fanflow.status import SKIPPED, SUCCESS
 
@@ -113,6 +114,76 @@ def _span_args(span: Span) -> dict[str, Any]:
     return args
 
 
+def _take_nested(
+    node_spans: list[Span],
+    item_spans: dict[str, list[Span]],
+    holders: set[tuple[str, int | None]],
+    groups: dict[str, list[Span]],
+) -> tuple[list[Span], dict[str, list[Span]]]:
+    """Move sub-workflow spans out of the node and item lanes into `groups`, keyed by the run
+    of the child they belong to: a child node `each[3]/score` to `each[3]`, and the batch item
+    that ran the child (`each` item 3) to the head of its own group."""
+    top = []
+    for s in node_spans:
+        if "/" in s.node:
+            groups.setdefault(s.node.rpartition("/")[0], []).append(s)
+        else:
+            top.append(s)
+    kept: dict[str, list[Span]] = {}
+    for node, items in item_spans.items():
+        for s in items:
+            if (node, s.item) in holders:
+                groups.setdefault(f"{node}[{s.item}]", []).insert(0, s)
+            elif "/" in node:
+                groups.setdefault(node.rpartition("/")[0], []).append(s)
+            else:
+                kept.setdefault(node, []).append(s)
+    return top, kept
+
+
+def _nested_lines(
+    groups: dict[str, list[Span]],
+    holders: set[tuple[str, int | None]],
+    t0: float,
+    tid: int,
+    add: Callable[[str], None],
+    lane_meta: Callable[[int, str, int], None],
+    keys: list[int],
+    retried: list[tuple[tuple[Retry, ...], str, int | None, int]],
+) -> int:
+    """One group of lanes per child run, in the order they started: its batch item (when a
+    batch ran it) on the first lane, the child's spans packed under it — a chain shares that
+    lane, so Perfetto nests the stages in the item. Returns the next free tid."""
+    enc = _ENCODER.encode
+    for key, spans in sorted(groups.items(), key=lambda kv: min(s.start for s in kv[1])):
+        head = (
+            spans[0]
+            if spans[0].item is not None and f"{spans[0].node}[{spans[0].item}]" == key
+            else None
+        )
+        members = sorted(spans[1:] if head is not None else spans, key=lambda s: s.start)
+        starts = [_us(s.start, t0) for s in members]
+        ends = [_us(s.end, t0) for s in members]
+        lanes = pack_intervals(starts, ends) if members else []
+        for lane in range(max(lanes, default=0) + 1):
+            lane_meta(tid + lane, key if lane == 0 else f"{key} {lane + 1}", tid + lane)
+        if head is not None:
+            ts, te = _us(head.start, t0), _us(head.end, t0)
+            add(enc({"ph": "X", "cat": "item", "name": key, "pid": PID, "tid": tid, "ts": ts,
+                     "dur": te - ts, "args": _span_args(head)}))  # fmt: skip
+        for s, ts, te, lane in zip(members, starts, ends, lanes, strict=True):
+            name = s.node if s.item is None else f"{s.node}[{s.item}]"
+            cat = "node" if s.item is None else "item"
+            add(enc({"ph": "X", "cat": cat, "name": name, "pid": PID, "tid": tid + lane,
+                     "ts": ts, "dur": te - ts, "args": _span_args(s)}))  # fmt: skip
+            if s.retries:
+                retried.append((s.retries, s.node, s.item, tid + lane))
+            if s.batch is None and (s.node, s.item) not in holders:  # a leaf: in flight
+                keys += [ts * 2 + 1, te * 2]
+        tid += max(lanes, default=0) + 1
+    return tid
+
+
 def build_trace(built: Built, meta: dict[str, Any]) -> dict[str, Any]:
     return json.loads(trace_text(built, meta))
 
@@ -132,6 +203,13 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
         for s in spans:
             if s[1] is not None:
                 item_spans.setdefault(s[0], []).append(s)
+
+    # Sub-workflows: their spans go to lanes of their own, one group per run of a child
+    # (`each[3]`), laid out after the batch lanes (see _nested_lines).
+    holders = sub_workflow_holders(node_spans)
+    groups: dict[str, list[Span]] = {}
+    if holders:
+        node_spans, item_spans = _take_nested(node_spans, item_spans, holders, groups)
 
     lines: list[str] = []
     add = lines.append
@@ -207,6 +285,8 @@ def trace_text(built: Built, meta: dict[str, Any]) -> str:
         keys += [ts * 2 + 1 for ts in starts]
         keys += [te * 2 for te in ends]
         next_tid += n_lanes
+    if groups:
+        next_tid = _nested_lines(groups, holders, t0, next_tid, add, lane_meta, keys, retried)
     for retries, node, item, tid in retried:
         _retry_lines(add, retries, node, item, tid, t0)
 

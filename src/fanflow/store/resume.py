@@ -192,6 +192,21 @@ def plan_resume(
             st = states[node_id]
             state.nodes[node_id] = CompletedNode(outputs=st.outputs, action=st.action or "default")
 
+    # Nodes inside sub-workflows (`each[3]/score`): reused when their top-level node re-runs
+    # with the same definition and the same upstream, so an unfinished child run continues.
+    def child_reusable(node_id: str) -> bool:
+        root = node_id.split("/", 1)[0].split("[", 1)[0]
+        return (
+            root in graph.specs
+            and root not in restored_set
+            and root not in affected
+            and all(d in restored_set for d in graph.deps[root])
+        )
+
+    for node_id, st in states.items():
+        if "/" in node_id and st.status == "success" and st.has_outputs and child_reusable(node_id):
+            state.nodes[node_id] = CompletedNode(outputs=st.outputs, action=st.action or "default")
+
     partial: dict[str, int] = {}
     items = store.item_results(run.id)
     for node_id, st in states.items():
@@ -207,6 +222,9 @@ def plan_resume(
                 i: r for i, r in enumerate(results) if r is not None and i not in failed
             } | items.get(node_id, {})
     for node_id, results in items.items():
+        if "/" in node_id and results and child_reusable(node_id):
+            state.items[node_id] = results  # a batch inside a sub-workflow
+            continue
         if node_id in restored_set or node_id not in graph.specs or not results:
             continue
         if graph.specs[node_id].batch is None:

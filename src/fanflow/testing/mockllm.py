@@ -28,8 +28,10 @@ Endpoints
     dropped}`` (``time.time()`` seconds; ``dropped`` = the client closed the connection first),
     plus ``model`` for LLM requests.
 ``POST /control``              JSON ``{"fail_next": N, "fail_status": 429, "retry_after": 1.0,
-    "delay": 0.5}`` (all optional): the next N LLM requests fail with that status (and Retry-After
-    header when given); ``delay`` changes the default delay.
+    "delay": 0.5, "replies": ["text", ...]}`` (all optional): the next N LLM requests fail with
+    that status (and Retry-After header when given); ``delay`` changes the default delay;
+    ``replies`` scripts the content of the next LLM answers, one per request, in order (then
+    back to echoing).
 ``POST /reset``                clears stats and pending failures.
 
 Per-request delay for the LLM endpoints: header ``X-Mock-Delay: <seconds>``, or the marker
@@ -41,7 +43,8 @@ forced tool (``tool_choice`` ``{"type": "tool"}``) is answered with a value that
 schema (strings from the prompt's lines), as JSON content / a ``tool_use`` block. Markers in the
 first user message: ``[bad_json=N]`` / ``[mismatch=N]`` make the first N answers of that
 conversation unparsable / off-schema (so a repair turn can be tested). Each request's record in
-``/stats`` has ``structured`` (the mode or null) and ``images`` (image parts received).
+``/stats`` has ``structured`` (the mode or null), ``images`` (image parts received), ``prompt``
+(the last user message) and ``system``.
 
 Authentication: with ``api_key=...`` the LLM endpoints answer 401 unless the request carries
 that key — and, like real providers, the 401 message quotes the key it got, so tests can check
@@ -138,6 +141,7 @@ class _Server:
             self.fail_next = 0
             self.fail_status = 429
             self.fail_retry_after: float | None = None
+            self.replies: list[str] = []
             self.requests: list[dict[str, Any]] = []
 
     def stats(self) -> dict[str, Any]:
@@ -162,6 +166,8 @@ class _Server:
                 self.fail_retry_after = None if ra is None else float(ra)
             if "delay" in cfg:
                 self.default_delay = float(cfg["delay"])
+            if "replies" in cfg:
+                self.replies = [str(r) for r in cfg["replies"]]
             return {
                 "fail_next": self.fail_next,
                 "fail_status": self.fail_status,
@@ -415,10 +421,16 @@ class _Server:
                 if rec.get("task") is asyncio.current_task():
                     rec["structured"] = structured
                     rec["images"] = _image_count(messages)
+                    rec["prompt"] = prompt  # the last user message
+                    rec["system"] = system
                     break
         text = f"echo: {prompt}"
+        with self.lock:
+            scripted = self.replies.pop(0) if self.replies else None
         value: Any = None
-        if structured:
+        if scripted is not None:
+            text, structured = scripted, None
+        elif structured:
             value, text = _structured_answer(messages, schema, anthropic)
         tokens_in = len(prompt.split()) + len(str(system or "").split())
         tokens_out = len(text.split())

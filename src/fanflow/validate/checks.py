@@ -114,12 +114,18 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
                     add(Problem(f"missing required parameter '{key}'", file,
                                 f"nodes[{i}].params", node.id,
                                 f"add \"{key}\": … ({param.description or param.type})"))  # fmt: skip
-        targets: list[tuple[str, Any, dict[str, Any]]] = [("params", node.params, parsed)]
+        params = node.params
+        raw = [k for k, p in spec.items() if p.raw and isinstance(params.get(k), dict | list)]
+        if raw:  # kept as written: not this workflow's templates
+            params = {k: v for k, v in params.items() if k not in raw}
+        targets: list[tuple[str, Any, dict[str, Any]]] = [("params", params, parsed)]
         if node.batch is not None:
             targets.append(("batch.items", node.batch.items, parsed_items))
         for where, value, into in targets:
             try:
                 into[node.id] = templates.compile_value(value)  # parsed once, kept for the graph
+                if raw and into is parsed:
+                    parsed[node.id].update({k: node.params[k] for k in raw})
             except templates.TemplateSyntaxError as exc:
                 compiled_ok = False
                 add(Problem(str(exc), file, f"nodes[{i}].{where}", node.id))
@@ -129,6 +135,11 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
                 add(Problem("batch items must be a list or a ${...} template", file,
                             f"nodes[{i}].batch.items", node.id,
                             "e.g. \"items\": \"${list_files.stdout}\" or [\"a\", \"b\"]"))  # fmt: skip
+    raw = [name for name, out in workflow.outputs.items() if out.stdout]
+    if len(raw) > 1:
+        add(Problem(f"outputs {', '.join(raw)} are all marked stdout: true", file,
+                    f"outputs.{raw[1]}.stdout",
+                    hint="only one output can be printed alone on stdout; keep it on one"))  # fmt: skip
     for name, out in workflow.outputs.items():
         try:
             templates.compile_value(out.source)
@@ -137,11 +148,16 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
             add(Problem(str(exc), file, f"outputs.{name}.source"))
     # Typed params, input defaults, edge actions, duplicate edges, start_node without edges.
     problems += check_declarations(workflow, classes, parsed, parsed_items)
+    if any(n.loop is not None for n in workflow.nodes):
+        from fanflow.validate.loops import loop_problems
+
+        problems += loop_problems(workflow, classes)
 
     if problems or not compiled_ok:
         raise WorkflowInvalid(map_pipeline_paths(problems, workflow._pipeline_paths))
 
-    graph = build_graph(workflow, parsed, parsed_items)
+    own_names = _own_names(workflow, classes)
+    graph = build_graph(workflow, parsed, parsed_items, own_names)
 
     # Template references: a known input, node or batch variable, and an output the node makes.
     def check_ref(ref: templates.Ref, field: str, node_id: str | None, local: set[str]) -> None:
@@ -170,6 +186,8 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
             known = set(BATCH_OUTPUTS)
         else:
             known = set(getattr(classes.get(ref.root), "outputs_spec", None) or {})
+            if known and spec.loop is not None:
+                known |= {"iterations", "loop_stopped"}  # what a node loop adds
         if known and key not in known and key not in ALWAYS_OUTPUTS:
             add(Problem(f"node '{ref.root}' ({spec.type}) has no output '{key}'", file, field,
                         node_id, _hint(key, known, "outputs: " + ", ".join(sorted(known)))))  # fmt: skip
@@ -179,6 +197,9 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
         if node.id in static and node.batch is None:
             continue  # no template to check
         local = {node.batch.as_, *BATCH_VARS} if node.batch else set()
+        if node.loop is not None:
+            local.add("__iteration__")
+        local.update(own_names.get(node.id, ()))
         for path, ref in templates.iter_refs(graph.params[node.id], "params"):
             check_ref(ref, f"nodes[{i}].{path}", node.id, local)
         for path, ref in templates.iter_refs(graph.batch_items.get(node.id), "batch.items"):
@@ -213,9 +234,31 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
 
     if problems:
         raise WorkflowInvalid(map_pipeline_paths(problems, workflow._pipeline_paths))
-    warnings = [
+    warnings = [*workflow._notes] + [
         f"node '{reader}' reads '{src}' but has no edge from '{src}' "
         f"(fanflow waits for '{src}' anyway; add the edge to make it explicit)"
         for reader, src in (() if graph.implicit_chain else graph.missing_edges())
     ]
     return graph, warnings
+
+
+def _own_names(workflow: Workflow, classes: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Per node, the names its class lets its own params read (`local_names`: shell `inputs`)."""
+    out: dict[str, tuple[str, ...]] = {}
+    hooks: dict[Any, Any] = {}
+    for node in workflow.nodes:
+        cls = classes.get(node.id)
+        hook = hooks[cls] if cls in hooks else hooks.setdefault(cls, _own_hook(cls))
+        if hook is not None:
+            names = hook(node.params)
+            if names:
+                out[node.id] = tuple(names)
+    return out
+
+
+def _own_hook(cls: Any) -> Any:
+    from fanflow.nodes.base import Node
+
+    hook = getattr(cls, "local_names", None)
+    default = Node.local_names.__func__  # type: ignore[attr-defined]
+    return None if getattr(hook, "__func__", None) is default else hook
