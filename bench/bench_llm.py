@@ -143,6 +143,34 @@ def raw_floor(mock: MockProcess, n: int, repeats: int) -> tuple[float, float]:
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
+def rate_check(mock: MockProcess, n: int, rpm: int) -> None:
+    """An n-item classification batch under `rpm`: the run should take (n - 1) · 60/rpm (the
+    limit), and no second should see more than rpm/60 starts at the server (what providers
+    enforce); the mock answers at once, so the limiter alone decides the pace."""
+    doc = one_batch(n, None)
+    doc["limits"] = {"llm:openai": {"rpm": rpm}}
+    mock.call("/reset", {})
+    t0 = time.perf_counter()
+    result = fanflow.run(doc)
+    wall = time.perf_counter() - t0
+    assert result.ok, result.error
+    starts = sorted(r["start"] for r in mock.call("/stats")["requests"])
+    ideal = (n - 1) * 60.0 / rpm
+    rate = (len(starts) - 1) / (starts[-1] - starts[0]) * 60 if len(starts) > 1 else 0.0
+    per_second = rpm / 60
+    busiest, j = 0, 0
+    for i, s in enumerate(starts):  # the most starts in any 1 s window
+        while starts[j] <= s - 1.0:
+            j += 1
+        busiest = max(busiest, i - j + 1)
+    print(
+        f"rate: {n} calls under rpm {rpm}: {wall:.2f}s (limit's pace {ideal:.2f}s, "
+        f"{wall / ideal:.3f}x), measured {rate:.0f} rpm ({rate / rpm - 1:+.1%}), busiest second "
+        f"{busiest} starts (allowed {per_second:.0f}), server errors: "
+        f"{sum(1 for r in mock.call('/stats')['requests'] if r.get('status', 200) >= 400)}"
+    )
+
+
 def cli_wall(doc: dict[str, Any]) -> float:
     import tempfile
 
@@ -170,6 +198,8 @@ def main() -> int:
     ap.add_argument("--delay", type=float, default=None, help="mock latency (default 0.5 s)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cli", action="store_true", help="also time one CLI run per scenario")
+    ap.add_argument("--rate", action="store_true",
+                    help="only the rate check: 3,000 calls under rpm 6000 (about 30 s)")  # fmt: skip
     args = ap.parse_args()
     n = args.n or (10 if args.quick else 100)
     delay = args.delay if args.delay is not None else (0.05 if args.quick else 0.5)
@@ -197,6 +227,12 @@ def main() -> int:
     if args.cli:
         header += f" {'cli wall':>9}"
     print(header)
+    if args.rate:
+        try:
+            rate_check(mock, 3000, 6000)
+        finally:
+            mock.close()
+        return 0
     try:
         # Import the SDK and build its first connections outside the timings (one-off process
         # start-up costs; the "cli wall" column includes them).

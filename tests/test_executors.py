@@ -274,6 +274,23 @@ def test_fast_items_hop_in_chunks_with_per_item_events(
     assert hops < n / 10  # chunked: far fewer hops than items
 
 
+def test_chunked_items_keep_their_own_times_in_the_trace(tmp_path: Path) -> None:
+    # Reported when their chunk returns, but timed by the thread that ran them: a sequential
+    # chunked batch shows items one after another, each as long as it took.
+    trace = tmp_path / "t.json"
+    code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.0003: pass\nresult = x"
+    r = fanflow.run(batch_doc(code, list(range(200)), cap=1), trace=trace, checkpoint=False)
+    assert r.status == "success"
+    spans = sorted(
+        (e["ts"], e["dur"])
+        for e in json.loads(trace.read_text())["traceEvents"]
+        if e.get("cat") == "item"
+    )
+    assert len(spans) == 200
+    assert all(dur >= 250 for _, dur in spans)  # µs: each item's own busy wait, not zero
+    assert all(a[0] + a[1] <= b[0] + 1 for a, b in itertools.pairwise(spans))  # in sequence
+
+
 def test_chunked_fail_fast_stops_at_the_failed_item() -> None:
     events = _Events()
     code = "if x == 500:\n    raise ValueError('boom')\nresult = x"
@@ -311,6 +328,15 @@ def test_item_events_say_where_the_item_ran() -> None:
     threads = Where()
     fanflow.run(batch_doc("result = x", [0, 1]), listeners=[threads])
     assert threads.workers == {0: "", 1: ""}
+
+
+def test_the_trace_says_which_worker_ran_each_item(tmp_path: Path) -> None:
+    trace = tmp_path / "t.json"
+    r = fanflow.run(batch_doc("import os\nresult = os.getpid()", [0, 1, 2], cap=3),
+                    executor="process", trace=trace, checkpoint=False)  # fmt: skip
+    assert r.status == "success"
+    spans = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "item"]
+    assert sorted(e["args"]["worker"] for e in spans) == sorted(f"pid {p}" for p in results(r))
 
 
 def test_sigint_on_the_cli_kills_the_workers_running_items(tmp_path: Path) -> None:
@@ -403,3 +429,22 @@ def test_a_node_class_defined_in_a_script_main_runs_in_a_worker(tmp_path: Path) 
     )
     p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "success True", p.stderr
+
+
+def test_plan_and_nodes_say_where_a_node_runs(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps({
+        "ir_version": "0.1.0", "executor": "process",
+        "nodes": [{"id": "c", "type": "code", "params": {"code": "result = 1"}},
+                  {"id": "s", "type": "shell", "params": {"command": "true"}},
+                  {"id": "d", "type": "code", "executor": "dask", "params": {"code": "result = 1"}}],
+        "edges": [{"from": "c", "to": "s"}, {"from": "c", "to": "d"}],
+    }))  # fmt: skip
+    plan = run_cli("plan", str(path), "--format", "json").json
+    assert {n["id"]: n["executor"] for n in plan["nodes"]} == {
+        "c": "process", "s": "loop", "d": "dask"}  # fmt: skip
+    assert "c (on process)" in run_cli("plan", str(path)).stdout
+    assert "worker processes" in run_cli("nodes", "code").stdout
+    assert "event loop" in run_cli("nodes", "shell").stdout

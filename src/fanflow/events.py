@@ -58,6 +58,24 @@ class EventBus:
         for listener in listeners:
             listener.on_event(event)
 
+    def emit_at(
+        self,
+        t: float,
+        kind: str,
+        node: str | None = None,
+        item: int | None = None,
+        /,
+        **data: Any,
+    ) -> None:
+        """`emit` for something that happened at `t` (perf_counter), reported later: items a
+        worker thread ran in one chunk are reported when the chunk comes back."""
+        listeners = self.listeners
+        if not listeners:
+            return
+        event = _new_event(Event, (kind, t, node, item, data))
+        for listener in listeners:
+            listener.on_event(event)
+
     def close(self) -> None:
         for listener in self.listeners:
             listener.close()

@@ -73,7 +73,19 @@ def node_info(name: str, cls: Any) -> dict[str, Any]:
         "description": (getattr(cls, "description", "") or (cls.__doc__ or "")).strip(),
         "params": params,
         "outputs": dict(getattr(cls, "outputs_spec", None) or {}),
+        "runs_on": runs_on(cls),
     }
+
+
+def runs_on(cls: Any) -> str:
+    """Where a node type's work runs (docs/executors.md)."""
+    if hasattr(cls, "exec_async"):
+        return "the event loop (async: no executor moves it)"
+    if getattr(cls, "remote_exec", False):
+        return (
+            "threads; `--executor` / `executor: process|dask` moves it to worker processes or Dask"
+        )
+    return "threads; only its own `executor` on the node moves it"
 
 
 def describe_node(name: str, cls: Any, heading: str = "") -> str:
@@ -103,6 +115,7 @@ def describe_node(name: str, cls: Any, heading: str = "") -> str:
             lines.append(_wrap(f"{key.ljust(width)}  {desc}".rstrip(), "    ", " " * (width + 6)))
     else:
         lines.append("  outputs: any keys the node writes")
+    lines.append(_wrap(f"runs on: {info['runs_on']}", "  ", "    "))
     return "\n".join(lines)
 
 

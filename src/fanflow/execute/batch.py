@@ -140,22 +140,23 @@ async def run_batch(rs: RunState, plan: NodePlan, items: list[Any]) -> dict[str,
                 if gate.fast and not fast:
                     gate.wake_all()
                 gate.fast = fast
+            at = rs.ctx.bus.emit_at  # each item's own start and end, as the thread timed them
             for i, ok, value, t0, t1 in outcomes:
                 durations.append(t1 - t0)
                 item = items[i]
                 if ok:
                     results[i] = value
                     if emit is not None:
-                        emit(ITEM_STARTED, plan.id, i)
-                        emit(ITEM_FINISHED, plan.id, i, status=SUCCESS, result=value,
-                             error=None, attempts=1, item=item)  # fmt: skip
+                        at(t0, ITEM_STARTED, plan.id, i)
+                        at(t1, ITEM_FINISHED, plan.id, i, status=SUCCESS, result=value,
+                           error=None, attempts=1, item=item)  # fmt: skip
                     continue
                 message = failure_message(value)
                 errors.append({"index": i, "item": item, "error": message})
                 if emit is not None:
-                    emit(ITEM_STARTED, plan.id, i)
-                    emit(ITEM_FINISHED, plan.id, i, status=FAILED, result=None, error=message,
-                         attempts=1, item=item)  # fmt: skip
+                    at(t0, ITEM_STARTED, plan.id, i)
+                    at(t1, ITEM_FINISHED, plan.id, i, status=FAILED, result=None,
+                       error=message, attempts=1, item=item)  # fmt: skip
                 if fail_fast:
                     stopped = True
                     raise _StopBatch(f"item [{i}]: {message}") from value

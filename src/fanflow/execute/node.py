@@ -16,6 +16,7 @@ from fanflow.compile.compiled import NodePlan
 from fanflow.errors import NodeError
 from fanflow.events import NODE_FINISHED, NODE_STARTED
 from fanflow.execute.batch import coerce_items, run_batch
+from fanflow.execute.executors import ran_on
 from fanflow.execute.leaf import failure_message, run_leaf
 from fanflow.execute.loop import run_loop
 from fanflow.execute.state import RunState
@@ -82,7 +83,7 @@ async def run_node(rs: RunState, plan: NodePlan) -> str:
     record.status, record.action, record.attempts, record.error = SUCCESS, action, attempts, None
     if emit is not None:
         emit(NODE_FINISHED, node_id, status=SUCCESS, action=action, outputs=outputs,
-             error=None, attempts=attempts)  # fmt: skip
+             error=None, attempts=attempts, **ran_on())  # fmt: skip
     return action
 
 

@@ -353,5 +353,17 @@ class _PrefixBus(EventBus):
     ) -> None:
         self._parent.emit(kind, None if node is None else self._prefix + node, item, **data)
 
+    def emit_at(
+        self,
+        t: float,
+        kind: str,
+        node: str | None = None,
+        item: int | None = None,
+        /,
+        **data: Any,
+    ) -> None:
+        prefixed = None if node is None else self._prefix + node
+        self._parent.emit_at(t, kind, prefixed, item, **data)
+
     def close(self) -> None:  # the parent's run closes its listeners
         pass

@@ -45,6 +45,8 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
         if spec.purpose:
             entry["purpose"] = spec.purpose
         plans = getattr(workflow, "nodes", None)
+        if plans:
+            entry["executor"] = _executor(workflow, n, plans[n])
         detail_of = getattr(plans[n].cls, "plan_detail", None) if plans else None
         detail = detail_of(spec.params) if detail_of is not None else None
         if detail:
@@ -359,9 +361,21 @@ def format_plan_text(plan: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _executor(workflow: Any, node_id: str, plan: Any) -> str:
+    """Where the node's work runs, as far as the workflow says (a run's --executor can still
+    move nodes left on "thread")."""
+    if plan.is_async:
+        return "loop"
+    from fanflow.execute.executors import choose
+
+    return choose(workflow.workflow, node_id, plan.cls, False, None).key
+
+
 def _node_label(node: dict[str, Any]) -> str:
     b = node.get("batch")
     detail = f" [{node['detail']}]" if node.get("detail") else ""
+    if node.get("executor") not in (None, "thread", "loop"):
+        detail += f" (on {node['executor']})"
     if b is None:
         return f"{node['id']}{detail}"
     items = f"{b['items']} items" if isinstance(b["items"], int) else f"items {b['items']}"
