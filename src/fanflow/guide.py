@@ -618,7 +618,8 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   (keys: `llm:<provider>`, `llm:<provider>/<model>`, `http:<host>`, `node:<type>`).
   Set them for any workflow that fans out LLM or HTTP calls; a batch's `max_concurrent` caps
   only that batch. On the command line, `--limit llm:openai=10/600rpm` overrides one.
-- Every key takes `concurrency` and/or `rpm`. `http:<host>` is matched against the host of the
+- Every key takes `concurrency` and/or `rpm`; `rpm` paces starts evenly (`rpm: 600` is one start
+  every 0.1 s, never a burst). `http:<host>` is matched against the host of the
   URL as rendered at run time (a host from an input works) on any port; `http:<host>:<port>`
   limits one port (80/443 implied by http/https). `node:<type>` counts every execution of that
   type (node runs and batch items). The `llm:` provider comes from the model name:

@@ -9,8 +9,9 @@ A resource key names what a call uses:
 - ``node:<type>``              every execution of a node type (acquired by the engine)
 
 Each configured key gets ONE :class:`Limiter` per run holding a FIFO concurrency cap and a rate
-limit that paces starts evenly: `rpm: 6000` lets one call start every 10 ms, so no window of
-60 s (nor of one second, where providers also count) ever holds more than its share. The same object is used from
+limit that paces starts evenly: `rpm: 6000` lets one call start every 10 ms, `rpm: 120` one every
+0.5 s, so no window of 60 s (nor of one second, where providers also count) holds more than its
+share, and a whole minute's quota never starts at once. The same object is used from
 coroutines on the loop (``async with registry.acquire(...)``) and from worker threads
 (``with registry.acquire_sync(...)``), which is why this is not aiolimiter (bound to one loop,
 allows a 2x burst, no concurrency cap). Keys that are not configured cost one dict lookup.
@@ -250,8 +251,9 @@ class Limiter:
             # never before an earlier reservation: keeps `starts` sorted (FIFO for the rate)
             t = max(t, starts[-1])
             if self.rpm is not None:
-                # evenly paced: one start per window/rpm, never a burst (providers enforce
-                # "6000 rpm" as 100 per second), which also keeps any window within rpm
+                # evenly paced: one start per window/rpm, never a burst (providers also count
+                # per second: "6000 rpm" is enforced as 100 per second), which also keeps any
+                # window of 60 s within rpm
                 t = max(t, starts[-1] + self.window / self.rpm)
         return t
 
