@@ -321,6 +321,8 @@ def test_every_item_step_maps_the_rest_of_the_path_over_a_list():
         render(parse("${m.results[*].x}"), {"m": {"results": [{"s": 1}]}})
     with pytest.raises(MissingValue, match="not a list"):
         render(parse("${m[*]}"), {"m": {"a": 1}})
+    with pytest.raises(MissingValue, match="looks like JSON but does not parse"):
+        render(parse("${m[*]}"), {"m": "[1,"})  # as a path step into bad JSON text says
 
 
 def test_dynamic_index_steps():

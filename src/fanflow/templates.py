@@ -448,18 +448,23 @@ def _keys(value: dict[Any, Any]) -> str:
     return "has keys: " + ", ".join(keys) + (", …" if len(value) > 8 else "")
 
 
+def _decoded(text: str, ref: Ref, n: int) -> Any:
+    """The list or object JSON text holds, for step `n` to read into (else MissingValue)."""
+    try:
+        decoded = json_text(text)
+    except ValueError as exc:
+        raise _no_value(ref, n, f"looks like JSON but does not parse: {exc}") from None
+    if decoded is None:
+        raise _no_value(ref, n, "is text, not JSON")
+    return decoded
+
+
 def _step_into(value: Any, step: str | int | Ref, ref: Ref, n: int, scope: Any = None) -> Any:
     """One path step: a dict key, a list index, or into JSON text. Never an attribute."""
     if isinstance(step, Ref):  # a dynamic index: its value (a whole number or a key) is the step
         step = _dynamic_step(resolve_ref(step, scope), step)
     if isinstance(value, str):
-        try:
-            decoded = json_text(value)
-        except ValueError as exc:
-            raise _no_value(ref, n, f"looks like JSON but does not parse: {exc}") from None
-        if decoded is None:
-            raise _no_value(ref, n, "is text, not JSON")
-        value = decoded
+        value = _decoded(value, ref, n)
     if isinstance(value, dict):
         if step in value:
             return value[step]
@@ -484,7 +489,7 @@ def _walk(value: Any, ref: Ref, start: int, scope: Any) -> Any:
         step = steps[n]
         if isinstance(step, Every):
             if isinstance(value, str):
-                value = json_text(value) if value.lstrip()[:1] == "[" else value
+                value = _decoded(value, ref, n)
             if not isinstance(value, list | tuple):
                 raise _no_value(ref, n, "is not a list, so [*] has nothing to go over")
             # a null item (a batch's failed item) stays null: the list keeps item positions

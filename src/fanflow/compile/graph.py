@@ -154,6 +154,17 @@ def batch_alias(spec: NodeSpec) -> str | None:
     return spec.batch.as_ if spec.batch else None
 
 
+def local_names(spec: NodeSpec, own: tuple[str, ...] = ()) -> set[str]:
+    """The names a node's own templates read that are neither inputs nor nodes: a batch's
+    alias and `__index__`, a node loop's `__iteration__`, and `own` (its class's
+    `local_names`, e.g. the shell's `inputs`)."""
+    local = {spec.batch.as_, *BATCH_VARS} if spec.batch else set()
+    if spec.loop is not None:
+        local.add("__iteration__")
+    local.update(own)
+    return local
+
+
 def build_graph(
     workflow: Workflow,
     params: dict[str, Any] | None = None,
@@ -178,11 +189,7 @@ def build_graph(
         if node.id in static and node.batch is None:
             reads[node.id] = set()
             continue
-        local = {batch_alias(node), *BATCH_VARS} if node.batch else set()
-        if node.loop is not None:
-            local.add("__iteration__")
-        if own_names and node.id in own_names:
-            local.update(own_names[node.id])  # the node's own names (shell `inputs`)
+        local = local_names(node, own_names.get(node.id, ()) if own_names else ())
         found: set[str] = set()
         for compiled in (params[node.id], batch_items.get(node.id)):
             for _path, ref in templates.iter_refs(compiled):

@@ -23,9 +23,8 @@ from fanflow.nodes.base import Node, Param, ParamProblem
 DEFAULT_TIMEOUT = 30.0  # seconds, as pflow's code node
 _FILENAME = "<code>"
 _CACHE_SIZE = 4096  # compiled sources kept (a long-lived host must not grow without bound)
-_compiled: dict[str, CodeType] = {}
-# source → {input name: the type its top-level annotation names} (pflow's typed inputs)
-_typed: dict[str, dict[str, str]] = {}
+# source → (its code, {input name: the type its top-level annotation names})
+_compiled: dict[str, tuple[CodeType, dict[str, str]]] = {}
 
 
 class CodeNode(Node):
@@ -70,10 +69,10 @@ class CodeNode(Node):
         if not isinstance(source, str):
             raise NodeError(f"`code` must be a string, not {type(source).__name__}")
         try:
-            code = _compile(source)
+            code, typed = _compile(source)
         except SyntaxError as exc:  # only code rendered from a template gets here
             raise NodeError(_syntax_message(exc)) from None
-        namespace: dict[str, Any] = typed_inputs(source, dict(p.get("inputs") or {}))
+        namespace: dict[str, Any] = typed_inputs(typed, dict(p.get("inputs") or {}))
         namespace[_GIVEN] = frozenset(namespace)
         namespace["__builtins__"] = _builtins()
         timeout = p.get("timeout")
@@ -141,29 +140,26 @@ def _user_line(tb: TracebackType | None) -> int | None:
     return line
 
 
-def _compile(source: str) -> CodeType:
-    code = _compiled.get(source)
-    if code is None:
+def _compile(source: str) -> tuple[CodeType, dict[str, str]]:
+    """The source's code, and the types its top-level annotations give inputs (cached)."""
+    entry = _compiled.get(source)
+    if entry is None:
         tree, typed = _given_inputs_win(source)
-        code = compile(tree, _FILENAME, "exec")
+        entry = compile(tree, _FILENAME, "exec"), typed
         if len(_compiled) >= _CACHE_SIZE:
             _compiled.clear()
-            _typed.clear()
-        _compiled[source] = code
-        if typed:
-            _typed[source] = typed
-    return code
+        _compiled[source] = entry
+    return entry
 
 
 _DECODES = {"dict": dict, "list": list, "int": int, "float": float, "bool": bool}
 
 
-def typed_inputs(source: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """pflow's typed inputs: an input given as text whose top-level annotation in the code is
-    `dict`, `list`, `int`, `float` or `bool` is decoded from JSON (a shell's stdout holding an
-    object reaches `data: dict` as the object). Text that is not that type is an error naming
-    the input, as pflow's is. Call after `_compile(source)`."""
-    typed = _typed.get(source)
+def typed_inputs(typed: dict[str, str], inputs: dict[str, Any]) -> dict[str, Any]:
+    """pflow's typed inputs: an input given as text whose top-level annotation in the code
+    (`typed`, from `_compile`) is `dict`, `list`, `int`, `float` or `bool` is decoded from JSON
+    (a shell's stdout holding an object reaches `data: dict` as the object). Text that is not
+    that type is an error naming the input, as pflow's is."""
     if not typed:
         return inputs
     out = dict(inputs)

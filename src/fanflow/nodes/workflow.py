@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from time import perf_counter
 from typing import Any, ClassVar
 
 from fanflow import templates
@@ -351,7 +352,7 @@ class _PrefixBus(EventBus):
     def emit(
         self, kind: str, node: str | None = None, item: int | None = None, /, **data: Any
     ) -> None:
-        self._parent.emit(kind, None if node is None else self._prefix + node, item, **data)
+        self.emit_at(perf_counter(), kind, node, item, **data)
 
     def emit_at(
         self,

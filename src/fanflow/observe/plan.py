@@ -37,6 +37,7 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
 
     nodes = []
     deps: dict[str, list[str]] = {}  # in document order
+    plans = workflow.nodes  # the CompiledWorkflow's node plans
     for n in g.ids:
         spec = g.specs[n]
         d = g.deps[n]
@@ -44,17 +45,7 @@ def build_plan(workflow: Any, graph: Graph | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {"id": n, "type": spec.type, "level": level_of[n], "deps": deps[n]}
         if spec.purpose:
             entry["purpose"] = spec.purpose
-        plans = getattr(workflow, "nodes", None)
-        if plans:
-            entry["executor"] = _executor(workflow, n, plans[n])
-        detail_of = getattr(plans[n].cls, "plan_detail", None) if plans else None
-        detail = detail_of(spec.params) if detail_of is not None else None
-        if detail:
-            entry["detail"] = detail
-        child_of = getattr(plans[n].cls, "child_workflow", None) if plans else None
-        child = child_of(spec.params, workflow.workflow) if child_of is not None else None
-        if child is not None:  # a node that runs another workflow: its plan, under the node
-            entry["workflow"] = build_plan(child)
+        entry.update(_class_entries(workflow, n, plans[n], spec.params))
         if spec.batch is not None:
             b = spec.batch
             entry["batch"] = {
@@ -359,6 +350,23 @@ def format_plan_text(plan: dict[str, Any]) -> str:
             out += ["", f"sub-workflow of {node['id']}: " + child[0].removeprefix("plan for ")]
             out += [f"  {line}" if line else line for line in child[1:]]
     return "\n".join(out)
+
+
+def _class_entries(
+    workflow: Any, node_id: str, plan: Any, params: dict[str, Any]
+) -> dict[str, Any]:
+    """What the node's class adds to its plan entry: where it runs, a few words of detail (the
+    MCP tool it calls), and the plan of a workflow it runs, under the node."""
+    out: dict[str, Any] = {"executor": _executor(workflow, node_id, plan)}
+    detail_of = getattr(plan.cls, "plan_detail", None)
+    detail = detail_of(params) if detail_of is not None else None
+    if detail:
+        out["detail"] = detail
+    child_of = getattr(plan.cls, "child_workflow", None)
+    child = child_of(params, workflow.workflow) if child_of is not None else None
+    if child is not None:
+        out["workflow"] = build_plan(child)
+    return out
 
 
 def _executor(workflow: Any, node_id: str, plan: Any) -> str:

@@ -6,7 +6,7 @@ import difflib
 from typing import Any
 
 from fanflow import templates
-from fanflow.compile.graph import BATCH_VARS, Graph, build_graph
+from fanflow.compile.graph import Graph, build_graph, local_names
 from fanflow.errors import Problem, WorkflowInvalid
 from fanflow.load.model import Workflow
 from fanflow.load.pipeline import map_pipeline_paths
@@ -135,10 +135,10 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
                 add(Problem("batch items must be a list or a ${...} template", file,
                             f"nodes[{i}].batch.items", node.id,
                             "e.g. \"items\": \"${list_files.stdout}\" or [\"a\", \"b\"]"))  # fmt: skip
-    raw = [name for name, out in workflow.outputs.items() if out.stdout]
-    if len(raw) > 1:
-        add(Problem(f"outputs {', '.join(raw)} are all marked stdout: true", file,
-                    f"outputs.{raw[1]}.stdout",
+    printed = [name for name, out in workflow.outputs.items() if out.stdout]
+    if len(printed) > 1:
+        add(Problem(f"outputs {', '.join(printed)} are all marked stdout: true", file,
+                    f"outputs.{printed[1]}.stdout",
                     hint="only one output can be printed alone on stdout; keep it on one"))  # fmt: skip
     for name, out in workflow.outputs.items():
         try:
@@ -196,10 +196,7 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
     for i, node in enumerate(workflow.nodes):
         if node.id in static and node.batch is None:
             continue  # no template to check
-        local = {node.batch.as_, *BATCH_VARS} if node.batch else set()
-        if node.loop is not None:
-            local.add("__iteration__")
-        local.update(own_names.get(node.id, ()))
+        local = local_names(node, own_names.get(node.id, ()))
         for path, ref in templates.iter_refs(graph.params[node.id], "params"):
             check_ref(ref, f"nodes[{i}].{path}", node.id, local)
         for path, ref in templates.iter_refs(graph.batch_items.get(node.id), "batch.items"):
@@ -245,20 +242,9 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
 def _own_names(workflow: Workflow, classes: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     """Per node, the names its class lets its own params read (`local_names`: shell `inputs`)."""
     out: dict[str, tuple[str, ...]] = {}
-    hooks: dict[Any, Any] = {}
     for node in workflow.nodes:
-        cls = classes.get(node.id)
-        hook = hooks[cls] if cls in hooks else hooks.setdefault(cls, _own_hook(cls))
-        if hook is not None:
-            names = hook(node.params)
-            if names:
-                out[node.id] = tuple(names)
+        hook = getattr(classes.get(node.id), "local_names", None)  # None: a PocketFlow class
+        names = hook(node.params) if hook is not None else ()
+        if names:
+            out[node.id] = tuple(names)
     return out
-
-
-def _own_hook(cls: Any) -> Any:
-    from fanflow.nodes.base import Node
-
-    hook = getattr(cls, "local_names", None)
-    default = Node.local_names.__func__  # type: ignore[attr-defined]
-    return None if getattr(hook, "__func__", None) is default else hook

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fanflow import templates
+from fanflow.compile.graph import local_names
 from fanflow.errors import NodeError, Problem
 from fanflow.load.model import Workflow
 from fanflow.nodes.base import Param, ParamProblem, Scope
@@ -337,7 +338,7 @@ def _start_problems(
         return []
     ids = {n.id for n in workflow.nodes}
     spec = next((n for n in workflow.nodes if n.id == start), None)
-    local = {spec.batch.as_, "__index__"} if spec is not None and spec.batch else set()
+    local = local_names(spec) if spec is not None else set()
     reads = sorted({
         ref.root
         for compiled in (parsed.get(start), parsed_items.get(start))
