@@ -56,6 +56,7 @@ class NodePlan:
     handles_error: bool  # an `error` edge leaves this node: a failure takes that edge
     holds_slot: bool = True  # the class's holds_slot: its lifecycle takes a budget slot
     loop: LoopPlan | None = None  # runs again while/until its own output says so
+    executor: str | None = None  # the node's own `executor` (execute/executors.py chooses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ def compile_workflow(workflow: Workflow | str | Path | dict[str, Any]) -> Compil
             handles_error=any(e.action == "error" for e in graph.out_edges[spec.id]),
             holds_slot=kind.holds_slot,
             loop=_loop(spec.loop) if spec.loop is not None else None,
+            executor=spec.executor,
         )
     join_first = [not c.is_loop and plans[c.entry].joins_on_first for c in graph.components]
     outputs = {name: templates.compile_value(o.source) for name, o in workflow.outputs.items()}

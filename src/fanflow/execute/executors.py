@@ -101,7 +101,7 @@ class Executors:
         return remote
 
     def choice_for(self, workflow: Any, plan: Any) -> ExecutorChoice:
-        return choose(workflow, plan.id, plan.cls, plan.is_async, self.run_choice)
+        return choose(plan, self.run_choice, getattr(workflow, "executor", None))
 
     def _remote(self, choice: ExecutorChoice) -> Remote:
         remote = self._remotes.get(choice.key)
@@ -131,21 +131,20 @@ class Executors:
 
 
 def choose(
-    workflow: Any, node_id: str, cls: Any, is_async: bool, run_choice: ExecutorChoice | None
+    plan: Any, run_choice: ExecutorChoice | None, workflow_choice: str | None
 ) -> ExecutorChoice:
-    """Most specific wins: the node's `executor`, the run's, the workflow's; else thread."""
-    if is_async:
+    """Most specific wins: the node's `executor` (its NodePlan's), the run's, the workflow's;
+    else thread."""
+    if plan.is_async:
         return THREAD  # (a node's own `executor` on an async node is refused by check_executors)
-    spec = _node_spec(workflow, node_id)
-    if spec is not None and spec.executor:
-        return parse_executor(spec.executor, f"nodes.{node_id}.executor")
-    if not getattr(cls, "remote_exec", False):
+    if plan.executor:
+        return parse_executor(plan.executor, f"nodes.{plan.id}.executor")
+    if not getattr(plan.cls, "remote_exec", False):
         return THREAD
     if run_choice is not None:
         return run_choice
-    wf_choice = getattr(workflow, "executor", None)
-    if wf_choice:
-        return parse_executor(wf_choice, "executor")
+    if workflow_choice:
+        return parse_executor(workflow_choice, "executor")
     return THREAD
 
 
@@ -162,13 +161,6 @@ def check_executors(workflow: Any, is_async: Callable[[str], bool]) -> None:
             ))  # fmt: skip
     if problems:
         raise WorkflowInvalid(problems)
-
-
-def _node_spec(workflow: Any, node_id: str) -> Any:
-    for spec in getattr(workflow, "nodes", ()):
-        if spec.id == node_id:
-            return spec
-    return None
 
 
 def ran_on() -> dict[str, str]:

@@ -357,7 +357,7 @@ def _class_entries(
 ) -> dict[str, Any]:
     """What the node's class adds to its plan entry: where it runs, a few words of detail (the
     MCP tool it calls), and the plan of a workflow it runs, under the node."""
-    out: dict[str, Any] = {"executor": _executor(workflow, node_id, plan)}
+    out: dict[str, Any] = {"executor": _executor(workflow, plan)}
     detail_of = getattr(plan.cls, "plan_detail", None)
     detail = detail_of(params) if detail_of is not None else None
     if detail:
@@ -369,14 +369,14 @@ def _class_entries(
     return out
 
 
-def _executor(workflow: Any, node_id: str, plan: Any) -> str:
+def _executor(workflow: Any, plan: Any) -> str:
     """Where the node's work runs, as far as the workflow says (a run's --executor can still
     move nodes left on "thread")."""
     if plan.is_async:
         return "loop"
     from fanflow.execute.executors import choose
 
-    return choose(workflow.workflow, node_id, plan.cls, False, None).key
+    return choose(plan, None, workflow.workflow.executor).key
 
 
 def _node_label(node: dict[str, Any]) -> str:
