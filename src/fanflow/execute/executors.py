@@ -90,6 +90,8 @@ class Executors:
 
     def remote_for(self, workflow: Any, plan: Any) -> Remote | None:
         """The remote executor a sync node's exec goes to, or None for the thread executor."""
+        if plan.executor is None and self.run_choice is None and not workflow.executor:
+            return None  # nothing names an executor: every sync node runs on the threads
         key = (id(workflow), plan.id)
         try:
             return self._by_node[key]

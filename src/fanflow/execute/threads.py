@@ -154,6 +154,8 @@ class ThreadExecutor:
         future._executor = self
         future._worker = None
         self._jobs.put((future, fn, args))
+        if self._idle:  # a thread waits on the queue: it takes this job (a read of the count
+            return future  # without the lock is as good as one under it: see _serve)
         with self._lock:
             busy = self._idle == 0 and self._threads < self.size and not self._closed
             first = busy and self._threads == 0
@@ -211,18 +213,23 @@ class ThreadExecutor:
                 self._workers.remove(worker)
 
     def _serve(self, worker: _Worker) -> None:
+        """Take jobs until told to stop. `_idle` counts threads waiting on the queue (or about
+        to): it goes up when a thread finishes a job, in the same locked step that hands the
+        result over, and down once `get` returns, so a count read at any moment may include a
+        thread that is just taking an earlier job, whether read under the lock or not."""
         jobs, lock, done = self._jobs, self._lock, self._done
+        with lock:
+            self._idle += 1
         while True:
-            with lock:
-                self._idle += 1
             job = jobs.get()
             with lock:
                 self._idle -= 1
                 if job is _STOP:
                     return
                 future, fn, args = job
-                if future.cancelled():
-                    continue  # cancelled before it started: it never runs
+                if future.cancelled():  # cancelled before it started: it never runs
+                    self._idle += 1
+                    continue
                 worker.job, future._worker = future, worker
             result: Any = None
             error: BaseException | None = None
@@ -236,10 +243,13 @@ class ThreadExecutor:
                 worker.job = None
                 done.append((future, result, error))
                 wake = len(done) == 1  # the first of a batch schedules the drain
+                self._idle += 1
             if wake:
                 try:
                     self.loop.call_soon_threadsafe(self._drain)
                 except RuntimeError:  # the loop is closed: nobody waits for this any more
+                    with lock:
+                        self._idle -= 1
                     return
 
     def _drain(self) -> None:
