@@ -71,6 +71,38 @@ def test_listener_that_raises_ends_the_run_and_kills_running_work(tmp_path: Path
     assert not marker.exists()  # `slow`'s process group was killed, not orphaned
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("kind", "on"),
+    [
+        (ev.NODE_STARTED, "quick"),  # emitted inside the node's own failure handling
+        (ev.ITEM_FINISHED, "each"),  # a batch item's event
+        (ev.NODE_FINISHED, "child/inner"),  # a node inside a sub-workflow
+    ],
+)
+def test_listener_bug_anywhere_ends_the_run_not_as_a_node_failure(kind: str, on: str) -> None:
+    class Raises:
+        def on_event(self, event: Event) -> None:
+            if event.kind == kind and event.node == on:
+                raise RuntimeError("listener bug")
+
+        def close(self) -> None:
+            pass
+
+    doc = wf(
+        [
+            shell("quick", "true"),
+            {"id": "each", "type": "shell", "params": {"command": "echo ${item}"},
+             "batch": {"items": [1, 2, 3]}},
+            {"id": "child", "type": "workflow",
+             "params": {"workflow": {"nodes": [shell("inner", "echo in")]}}},
+        ],
+        edges=edges("quick>each", "each>child"),
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="listener bug"):
+        fanflow.run(doc, listeners=[Raises()])
+
+
 # --- a race cancels only the upstream work nothing else needs ---------------------------------
 
 

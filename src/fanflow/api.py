@@ -342,6 +342,8 @@ async def _execute(
             result.error = f"interrupted by {signal.Signals(signals.received).name}"
         bus.emit(ev.RUN_FINISHED, status=result.status, outputs=result.outputs, error=result.error,
                  failed_node=result.failed_node, duration_ms=result.duration_ms)  # fmt: skip
+    except ev.ListenerFailed as failed:  # the caller gets the listener's own exception
+        raise failed.error from None
     finally:
         bus.close()  # listeners flush (checkpoints, trace) even if the run itself raised
     return result

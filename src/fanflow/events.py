@@ -33,6 +33,26 @@ class Event(NamedTuple):
 _new_event = tuple.__new__  # Event(...) without the Python-level __new__ of a NamedTuple
 
 
+class ListenerFailed(BaseException):
+    """A listener raised. A BaseException, so no node's failure handling (`except Exception`)
+    takes it for the node's own failure: it ends the whole run, from however deep a
+    sub-workflow, and the run raises the listener's exception (`error`) to its caller."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _deliver(listeners: list[Listener], event: Event) -> None:
+    try:
+        for listener in listeners:
+            listener.on_event(event)
+    except ListenerFailed:
+        raise
+    except Exception as exc:
+        raise ListenerFailed(exc) from exc
+
+
 class Listener(Protocol):
     def on_event(self, event: Event) -> None: ...
 
@@ -54,9 +74,7 @@ class EventBus:
         listeners = self.listeners
         if not listeners:
             return
-        event = _new_event(Event, (kind, perf_counter(), node, item, data))
-        for listener in listeners:
-            listener.on_event(event)
+        _deliver(listeners, _new_event(Event, (kind, perf_counter(), node, item, data)))
 
     def emit_at(
         self,
@@ -72,9 +90,7 @@ class EventBus:
         listeners = self.listeners
         if not listeners:
             return
-        event = _new_event(Event, (kind, t, node, item, data))
-        for listener in listeners:
-            listener.on_event(event)
+        _deliver(listeners, _new_event(Event, (kind, t, node, item, data)))
 
     def close(self) -> None:
         for listener in self.listeners:
