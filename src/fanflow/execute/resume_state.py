@@ -21,3 +21,21 @@ class ResumeState:
     run_id: str
     nodes: dict[str, CompletedNode] = field(default_factory=dict)
     items: dict[str, dict[int, Any]] = field(default_factory=dict)
+    _children: dict[str, ResumeState] | None = field(default=None, repr=False, compare=False)
+
+    def child(self, prefix: str) -> ResumeState | None:
+        """The completed work of the sub-workflow run whose nodes were recorded under `prefix`
+        (`each[3]/`), by the child's own node ids; None when it has none. Every child's share
+        is split out in one pass, on the first call."""
+        if self._children is None:
+            self._children = {}
+            for attr in ("nodes", "items"):
+                for key, value in getattr(self, attr).items():
+                    cut = key.find("/") + 1
+                    if cut:
+                        head = key[:cut]
+                        share = self._children.get(head)
+                        if share is None:
+                            share = self._children[head] = ResumeState(self.run_id)
+                        getattr(share, attr)[key[cut:]] = value
+        return self._children.get(prefix)

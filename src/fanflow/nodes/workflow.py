@@ -330,14 +330,7 @@ def _invalid_text(exc: Exception) -> str:
 
 def _child_resume(resume: ResumeState | None, prefix: str) -> ResumeState | None:
     """The completed child nodes an earlier run recorded under `prefix`, by their own ids."""
-    if resume is None:
-        return None
-    n = len(prefix)
-    nodes = {k[n:]: v for k, v in resume.nodes.items() if k.startswith(prefix)}
-    items = {k[n:]: v for k, v in resume.items.items() if k.startswith(prefix)}
-    if not nodes and not items:
-        return None
-    return ResumeState(resume.run_id, nodes, items)
+    return resume.child(prefix) if resume is not None else None
 
 
 class _PrefixBus(EventBus):
