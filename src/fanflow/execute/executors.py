@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -220,6 +219,8 @@ def exec_call(call: RemoteCall) -> tuple[bool, Any, str, str]:
     finally:
         out, err = capture.end()
     if ok:
+        import pickle  # in a worker process only (the driver's start-up does without it)
+
         try:
             pickle.dumps(value)
         except Exception as exc:
@@ -235,6 +236,8 @@ def exec_call(call: RemoteCall) -> tuple[bool, Any, str, str]:
 
 def sendable_error(exc: BaseException) -> BaseException:
     """`exc` if it survives pickling, else a NodeError carrying its text."""
+    import pickle
+
     try:
         pickle.loads(pickle.dumps(exc))
         return exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from fanflow import templates
@@ -19,6 +18,8 @@ ALWAYS_OUTPUTS = ("error",)  # written when a failure is routed to an `error` ed
 
 
 def did_you_mean(name: str, candidates: list[str] | set[str]) -> str | None:
+    import difflib  # only when there is something to suggest
+
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 

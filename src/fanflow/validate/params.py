@@ -11,7 +11,6 @@ are never coerced; text rendered from a template is, when it spells the expected
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import shlex
@@ -308,6 +307,8 @@ def _edge_problems(workflow: Workflow, classes: dict[str, Any]) -> list[Problem]
             emits = [*actions, *(() if "error" in actions else ("error",))]
             label = f"{node.type}, batch" if node.batch else node.type
             if edge.action not in emits:
+                import difflib  # only when there is something to suggest
+
                 close = difflib.get_close_matches(edge.action, emits, n=1, cutoff=0.6)
                 message = f"node '{edge.from_}' ({label}) never emits action '{edge.action}'"
                 hint = (
