@@ -53,7 +53,7 @@ def log(msg: str) -> None:
 class System:
     name: str  # also the worker file prefix: bench/peers/<name>_scenarios.py
     label: str
-    requirements: list[str]  # pip requirements (empty: uses fanflow's venv)
+    requirements: list[str]  # pip requirements of its own venv (empty: uses fanflow's venv)
     probe: str  # python code that must import cleanly
     versions: list[str]  # distributions whose versions the table reports
     python: Path | None = None
@@ -71,13 +71,15 @@ class System:
 
     @property
     def is_peer(self) -> bool:
-        return bool(self.requirements)
+        """Another engine (plain asyncio is the no-engine floor, not a peer)."""
+        return self.name not in ("fanflow", "asyncio")
 
 
 def make_systems() -> list[System]:
     return [
         System("fanflow", "fanflow", [], "import fanflow; fanflow.run", ["fanflow"]),
-        System("asyncio", "asyncio (no engine)", [], "import asyncio", ["openai"]),
+        # its own venv: the llm scenario's floor uses the openai SDK, which fanflow no longer has
+        System("asyncio", "asyncio (no engine)", ["openai"], "import asyncio", ["openai"]),
         System(
             "langgraph",
             "LangGraph",
@@ -150,7 +152,7 @@ def _versions(python: Path, dists: list[str], env: dict[str, str]) -> dict[str, 
 
 def prepare_system(system: System, install: bool) -> None:
     """Point `system` at its python; create and fill a peer venv when it is missing."""
-    if not system.is_peer:
+    if not system.requirements:
         system.python = fanflow_python()
         system.env = fanflow_env()
     else:
