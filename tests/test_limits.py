@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -116,6 +117,31 @@ def test_rpm_respected_over_a_window():
     assert worst <= 5
     assert elapsed >= 1.9  # 15 starts at 5 per second need at least two full windows
     assert elapsed < 10
+
+
+def test_late_wake_ups_still_start_spaced():
+    # rpm 60 over a 1 s window: one start per 1/60 s. The loop is blocked for 0.2 s while ten
+    # reservations come due; they must not all start at once when it is free again.
+    reg = LimitRegistry({"llm:x": {"rpm": 60}}, window=1.0)
+    interval = 1.0 / 60
+    starts: list[float] = []
+
+    async def one() -> None:
+        async with reg.acquire("llm:x"):
+            starts.append(time.monotonic())
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(one()) for _ in range(12)]
+        await asyncio.sleep(0.01)
+        time.sleep(0.2)  # a busy loop: the timers of the next ten reservations pass meanwhile
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) == 12
+    assert min(gaps) >= 0.8 * interval - 1e-3, gaps  # spaced by actual start (SPACING)
+    per_second = max(sum(1 for s in starts if a <= s < a + interval) for a in starts)
+    assert per_second <= 1  # the last "second" (window/60) holds at most ceil(rpm/60) starts
 
 
 def test_rpm_and_concurrency_together():

@@ -132,3 +132,28 @@ def test_ollama_prefix_routes_to_the_ollama_url(mock, monkeypatch):
     assert res.ok, res.error
     assert res.outputs["u"]["provider"] == "ollama"
     assert mock.stats()["requests"][0]["model"] == "llama3.2"
+
+
+def test_cache_hits_show_in_progress_and_trace(mock, tmp_path):
+    import io
+
+    store = tmp_path / "store"
+    store.mkdir()
+    single = {"id": "one", "type": "llm", "params": {"prompt": "single question"}}
+    doc = wf([batch("q ${item}", 3), single], outputs=OUT)
+    first_progress = io.StringIO()
+    assert fanflow.run(doc, store=store, progress=first_progress).ok
+    assert "cached" not in first_progress.getvalue()
+    progress, trace = io.StringIO(), tmp_path / "trace.json"
+    again = fanflow.run(doc, store=store, progress=progress, trace=trace)
+    assert again.ok and mock.stats()["total"] == 4  # only the first run reached the server
+    lines = progress.getvalue().splitlines()
+    assert any(line.startswith("ask 3/3") and line.endswith("(3 cached)") for line in lines)
+    assert any(" one " in f" {line} " and line.endswith(" cached") for line in lines), lines
+    events = json.loads(trace.read_text())["traceEvents"]
+    spans = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("node", "item")]
+    cached = {e["name"] for e in spans if e["args"].get("cached") is True}
+    assert cached == {"one", "ask[0]", "ask[1]", "ask[2]"}, spans
+    plain = fanflow.run(doc, store=store, trace=tmp_path / "t2.json", cache=False)
+    events = json.loads((tmp_path / "t2.json").read_text())["traceEvents"]
+    assert plain.ok and not any(e.get("args", {}).get("cached") for e in events)

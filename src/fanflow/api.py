@@ -106,6 +106,7 @@ def run(
     handle_signals: bool = False,
     cache: bool = True,
     executor: str | None = None,
+    providers: dict[str, dict[str, Any]] | None = None,
 ) -> RunResult:
     """Run a workflow to completion (blocking). See `run_async` for the options."""
     return asyncio.run(
@@ -113,7 +114,7 @@ def run(
             workflow, inputs, max_concurrent=max_concurrent, limits=limits, listeners=listeners,
             store=store, checkpoint=checkpoint, resume=resume, trace=trace, timeline=timeline, progress=progress,
             summary=summary, run_id=run_id, inputs_from_text=inputs_from_text,
-            handle_signals=handle_signals, cache=cache, executor=executor,
+            handle_signals=handle_signals, cache=cache, executor=executor, providers=providers,
         )
     )  # fmt: skip
 
@@ -139,6 +140,7 @@ async def run_async(
     budget: Budget | None = None,
     cancel: asyncio.Event | None = None,
     executor: str | None = None,
+    providers: dict[str, dict[str, Any]] | None = None,
 ) -> RunResult:
     """Run a workflow on the running event loop.
 
@@ -163,6 +165,9 @@ async def run_async(
       (docs/executors.md).
     - `cache`: False bypasses the llm response cache for this run (the CLI's --no-cache;
       docs/llm.md).
+    - `providers`: LLM providers `{name: {kind, base_url, api_key_env, default_model,
+      headers}}` merged field by field over the workflow's `providers` and FANFLOW_PROVIDERS
+      (the CLI's --providers/--provider; docs/llm.md).
     - `budget`: a global budget shared with other runs on this loop (`fanflow mcp serve` gives
       every run it starts the same one); it replaces this run's own `max_concurrent` budget.
     - `cancel`: setting this event cancels the run as an interrupt does (status cancelled,
@@ -172,7 +177,10 @@ async def run_async(
     the environment are invalid; otherwise returns a RunResult. An exception that is not a node
     failure (a bug, a listener that raises) cancels the run and is raised.
     """
-    compiled = compile_source(workflow)
+    from fanflow.io import provider_config
+
+    with provider_config.overrides(providers):  # validation sees the run's providers
+        compiled = compile_source(workflow)
     run_store = _open_store(store) if store is not None else None
     state: ResumeState | None = None
     resume_note: str | None = None
@@ -196,7 +204,8 @@ async def run_async(
         state, resume_note = plan.state, describe_plan(plan)
     elif resume is not None:
         state = resume
-    preflight(compiled)
+    with provider_config.overrides(providers):
+        preflight(compiled)
     run_executor = _check_executors(compiled, executor)
 
     all_listeners: list[Listener] = []
@@ -236,7 +245,7 @@ async def run_async(
     try:
         result = await _execute(compiled, values, all_listeners, state, run_id, max_concurrent,
                                 limits, handle_signals, budget, cancel,
-                                run_executor=run_executor)  # fmt: skip
+                                run_executor=run_executor, providers=providers)  # fmt: skip
     finally:
         llm_cache.reset(cache_token)
     if timeline is not None and tracer is not None:
@@ -291,6 +300,7 @@ async def _execute(
     shared_budget: Budget | None = None,
     cancel: asyncio.Event | None = None,
     run_executor: Any = None,
+    providers: dict[str, dict[str, Any]] | None = None,
 ) -> RunResult:
     wf = compiled.workflow
     budget = max_concurrent or wf.max_concurrent or DEFAULT_MAX_CONCURRENT
@@ -303,6 +313,9 @@ async def _execute(
                      resume=resume)  # fmt: skip
     if run_executor is not None:  # an executor other than the threads may be used
         ctx.executors = run_executor.new(ctx.on_close)
+    from fanflow.io.provider_config import active, build_table
+
+    ctx.providers = build_table(wf, extra=dict(providers or {}))
     try:
         if wf.limits or limit_specs or os.environ.get("FANFLOW_LIMITS"):
             from fanflow.io.limits import LimitRegistry, merge_limits
@@ -326,7 +339,8 @@ async def _execute(
         try:
             if signals is not None:
                 signals.install()
-            await driver.run()
+            with active(ctx.providers):  # resource_keys resolve models with the run's table
+                await driver.run()
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -404,7 +418,12 @@ def preflight(compiled: CompiledWorkflow) -> None:
     seen = set()
     for i, (node_id, plan) in enumerate(compiled.nodes.items()):
         check = getattr(plan.cls, "preflight", None)
-        message = check(compiled.workflow.nodes[i].params) if check is not None else None
+        in_workflow = getattr(plan.cls, "preflight_in_workflow", None)
+        params = compiled.workflow.nodes[i].params
+        if in_workflow is not None:  # checks that need the workflow's settings (providers)
+            message = in_workflow(params, compiled.workflow)
+        else:
+            message = check(params) if check is not None else None
         if message and message not in seen:
             seen.add(message)
             problems.append(Problem(message, compiled.source, f"nodes[{i}]", node_id))

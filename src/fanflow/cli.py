@@ -77,7 +77,7 @@ def wants_json(argv: Sequence[str]) -> bool:
 
 
 _VALUE_OPTIONS = {"--output-format", "--max-concurrent", "--trace", "--timeline", "--limit",
-                  "--resume", "--store"}  # fmt: skip
+                  "--resume", "--store", "--provider", "--providers"}  # fmt: skip
 
 
 def implicit_run(argv: list[str], group: click.Group) -> list[str]:
@@ -321,21 +321,43 @@ _DATA_ORDER_OPTION = click.option(
 )
 
 
+def _provider_options(f: Any) -> Any:
+    """--providers FILE and --provider NAME=URL (docs/llm.md, "Providers")."""
+    f = click.option("--provider", "provider_flags", multiple=True, metavar="NAME=BASE_URL",
+                     help="An OpenAI-compatible LLM endpoint models name as NAME/<model> "
+                     "(repeatable; docs/llm.md).")(f)  # fmt: skip
+    return click.option("--providers", "provider_files", multiple=True, metavar="FILE",
+                        help="A JSON file of LLM providers {name: {kind, base_url, api_key_env, "
+                        "default_model, headers}} (repeatable; docs/llm.md).")(f)  # fmt: skip
+
+
+def _cli_providers(files: tuple[str, ...], flags: tuple[str, ...]) -> dict[str, Any] | None:
+    from fanflow.io.provider_config import cli_entries
+
+    return cli_entries(files, flags) if files or flags else None
+
+
 @main.command()
 @click.argument("workflow", type=click.Path())
 @_FORMAT_OPTION
 @_DATA_ORDER_OPTION
+@_provider_options
 @click.option("--probe", is_flag=True,
               help="Also connect to the MCP servers its mcp nodes use and check tool names "
               "and arguments against their schemas (docs/mcp.md).")  # fmt: skip
-def validate(workflow: str, output_format: str, data_order: bool | None, probe: bool) -> None:
+def validate(
+    workflow: str, output_format: str, data_order: bool | None, probe: bool,
+    provider_files: tuple[str, ...] = (), provider_flags: tuple[str, ...] = (),
+) -> None:  # fmt: skip
     """Run every static check on WORKFLOW; execute nothing."""
     from fanflow._gc import gc_paused
     from fanflow.compile.compiled import compile_workflow
+    from fanflow.io.provider_config import overrides
     from fanflow.load.reader import data_order_override, parse_source
 
     try:
-        with gc_paused(), data_order_override(data_order):
+        providers = _cli_providers(provider_files, provider_flags)
+        with gc_paused(), data_order_override(data_order), overrides(providers):
             compiled = compile_workflow(parse_source(_workflow_file(workflow)))
         if probe and any(n.type == "mcp" for n in compiled.workflow.nodes):
             from fanflow.mcp.probe import probe_workflow
@@ -405,11 +427,13 @@ def validate(workflow: str, output_format: str, data_order: bool | None, probe: 
 @click.option("--no-cache", is_flag=True, help="Bypass the llm response cache (docs/llm.md).")
 @click.option("-q", "--quiet", "-p", is_flag=True, help="No progress on stderr (-p as in pflow).")
 @_DATA_ORDER_OPTION
+@_provider_options
 def run(
     workflow: str, inputs: tuple[str, ...], max_concurrent: int | None, output_format: str,
     trace_path: str | None, timeline_path: str | None, limit_specs: tuple[str, ...],
     resume_ref: str | None, store_path: str | None, no_checkpoint: bool, quiet: bool,
     data_order: bool | None, no_cache: bool, executor: str | None = None,
+    provider_files: tuple[str, ...] = (), provider_flags: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     """Run WORKFLOW with inputs given as name=value (data piped in goes to a `stdin: true`
     input)."""
@@ -419,6 +443,7 @@ def run(
 
     try:
         pairs = parse_cli_pairs(inputs)
+        providers = _cli_providers(provider_files, provider_flags)
         stdin_input = _stdin_input(workflow) if _piped() else None
         if stdin_input is not None and stdin_input not in pairs:  # pflow's piped data
             pairs[stdin_input] = sys.stdin.read()
@@ -430,7 +455,7 @@ def run(
                 checkpoint=not no_checkpoint,
                 resume=resume_ref, trace=trace_path, timeline=timeline_path,
                 progress=None if quiet else sys.stderr, summary=True, handle_signals=True,
-                cache=not no_cache, executor=executor,
+                cache=not no_cache, executor=executor, providers=providers,
             )  # fmt: skip
     except FanflowError as exc:
         from fanflow.store.runs import UnknownRun

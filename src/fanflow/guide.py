@@ -625,6 +625,12 @@ A batch node's outputs are the batch results (see "Batch"), not the node's own o
   type (node runs and batch items). The `llm:` provider comes from the model name:
   `anthropic/…` or `claude-…` → anthropic, `ollama/…` → ollama, `echo` → echo, any other name
   (`gpt-4o`, `meta-llama/Llama-3`) → openai; `llm:openai/gpt-4o` limits one model.
+- Any other endpoint (vLLM, Ollama, OpenRouter, Gemini's OpenAI API): a top-level
+  `"providers": {"local": {"base_url": "http://localhost:8000/v1", "api_key_env": "LOCAL_KEY",
+  "default_model": "qwen", "headers": {"X-Team": "${TEAM}"}}}` (`kind: "anthropic"` for the
+  Messages API); then `"model": "local/<m>"` routes there and `llm:local` limits it. Never put a
+  key in the file: `api_key_env` names the variable. Also `FANFLOW_PROVIDERS`, `--provider
+  local=URL`, `--providers FILE` (docs/llm.md).
 
 ## When something fails
 

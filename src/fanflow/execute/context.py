@@ -32,6 +32,9 @@ class RunContext:
     # What an earlier run completed (fanflow.execute.resume_state.ResumeState), for --resume;
     # a sub-workflow's run sees the entries recorded under its own prefix.
     resume: Any = None
+    # The run's LLM providers (fanflow.io.provider_config.Table: name → ProviderConfig), from
+    # the workflow's `providers`, FANFLOW_PROVIDERS and the CLI; a sub-workflow adds its own.
+    providers: Any = None
     # One client per provider per run (never one per call); closed when the run ends.
     clients: dict[str, Any] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

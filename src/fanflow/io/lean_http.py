@@ -21,8 +21,15 @@ from fanflow.errors import NodeError
 
 
 class LeanClient:
-    def __init__(self, provider: str, headers: dict[str, str], secrets: list[str]) -> None:
+    def __init__(
+        self,
+        provider: str,
+        headers: dict[str, str],
+        secrets: list[str],
+        key_var: str | None = None,  # named by a 401/403 message: "(check KEY_VAR)"
+    ) -> None:
         self.provider = provider
+        self.key_var = key_var
         self.headers = {"content-type": "application/json", **headers}
         self.secrets = secrets
         self._session: Any = None
@@ -63,7 +70,7 @@ class LeanClient:
             reply = None
         if status >= 400:
             raise status_error(self.provider, status, headers, reply if reply is not None else text,
-                               self.secrets)  # fmt: skip
+                               self.secrets, self.key_var)  # fmt: skip
         if not isinstance(reply, dict):
             raise NodeError(
                 redact(

@@ -11,7 +11,10 @@ A resource key names what a call uses:
 Each configured key gets ONE :class:`Limiter` per run holding a FIFO concurrency cap and a rate
 limit that paces starts evenly: `rpm: 6000` lets one call start every 10 ms, `rpm: 120` one every
 0.5 s, so no window of 60 s (nor of one second, where providers also count) holds more than its
-share, and a whole minute's quota never starts at once. The same object is used from
+share, and a whole minute's quota never starts at once. Reservations pace the wake-ups; the
+starts themselves are then checked against the actual earlier starts (at most ceil(rpm/60) in
+the last second, each at least 0.8 interval after the previous), so timers that fire late
+together on a busy loop still go out spaced. The same object is used from
 coroutines on the loop (``async with registry.acquire(...)``) and from worker threads
 (``with registry.acquire_sync(...)``), which is why this is not aiolimiter (bound to one loop,
 allows a 2x burst, no concurrency cap). Keys that are not configured cost one dict lookup.
@@ -29,6 +32,7 @@ Spec syntax (``--limit`` and ``FANFLOW_LIMITS``)::
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 import time
@@ -42,6 +46,9 @@ from urllib.parse import urlsplit
 from fanflow.errors import Problem, WorkflowInvalid
 
 DEFAULT_WINDOW = 60.0  # seconds; "rpm" is starts per window
+# Actual starts are at least this fraction of an interval (window/rpm) apart: late timers cannot
+# fire together, and a call woken late can still catch up (timers wake up to ~1 ms late).
+SPACING = 0.8
 
 _KEY_RE = re.compile(r"^[a-z][a-z0-9_-]*:\S+$")
 
@@ -203,6 +210,9 @@ class Limiter:
     waiters: deque[_Waiter] = field(default_factory=deque)
     # Reserved start times (time.monotonic), non-decreasing; only the last `rpm` matter.
     starts: deque[float] = field(default_factory=deque)
+    # When calls actually started (not their reservations), over the last second: at most
+    # ceil(rpm/60) of them, so timers that fire late together cannot bunch into one second.
+    recent: deque[float] = field(default_factory=deque)
 
     # -- concurrency (caller holds self.lock) -------------------------------------------------
 
@@ -240,6 +250,20 @@ class Limiter:
             return
 
     # -- rate (caller holds self.lock) ---------------------------------------------------------
+
+    def _next_start(self, now: float) -> float:
+        """The earliest time a call may actually start: now, unless the last second (a 60th
+        of the window) already holds its share of starts; then when the oldest leaves it."""
+        if not self.rpm:
+            return now
+        second = self.window / 60
+        recent = self.recent
+        while recent and recent[0] <= now - second:
+            recent.popleft()
+        spaced = recent[-1] + SPACING * self.window / self.rpm if recent else now
+        if len(recent) < math.ceil(self.rpm / 60):
+            return max(now, spaced)
+        return max(recent[0] + second, spaced)
 
     def _earliest_start(self, now: float) -> float:
         starts = self.starts
@@ -384,6 +408,8 @@ class LimitRegistry:
             _, delay = self._reserve(limiters)
             if delay > 0:
                 time.sleep(delay)
+            while (gap := self._start_gap(limiters)) > 0:
+                time.sleep(gap)
             yield
         finally:
             self._release(held)
@@ -431,18 +457,35 @@ class LimitRegistry:
 
     async def _wait_rate_async(self, limiters: list[Limiter]) -> None:
         t, delay = self._reserve(limiters)
-        if delay <= 0:
-            return
-        try:
-            await asyncio.sleep(delay)
-        except BaseException:
-            # Cancelled before starting: give the reservation back (dropping a point only
-            # lowers every window's count, so the limit still holds).
-            with self._lock:
-                for lim in limiters:
-                    if lim.rpm is not None and t in lim.starts:
-                        lim.starts.remove(t)
-            raise
+        if delay > 0:
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                # Cancelled before starting: give the reservation back (dropping a point only
+                # lowers every window's count, so the limit still holds).
+                with self._lock:
+                    for lim in limiters:
+                        if lim.rpm is not None and t in lim.starts:
+                            lim.starts.remove(t)
+                raise
+        while (gap := self._start_gap(limiters)) > 0:
+            await asyncio.sleep(gap)
+
+    def _start_gap(self, limiters: list[Limiter]) -> float:
+        """0 (and the start recorded) when no rate-limited key's last second is full of actual
+        starts; else the seconds until one is not. Reservations pace the wake-ups; this caps
+        the starts themselves when a busy loop wakes several late ones at once."""
+        rated = [lim for lim in limiters if lim.rpm is not None]
+        if not rated:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            gap = max(lim._next_start(now) for lim in rated) - now
+            if gap > 0:
+                return gap
+            for lim in rated:
+                lim.recent.append(now)
+        return 0.0
 
     def _release(self, held: list[Limiter]) -> None:
         if not held:

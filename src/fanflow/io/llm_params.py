@@ -6,10 +6,13 @@ time and are checked then.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fanflow.io.images import MEDIA_TYPES, is_url
+from fanflow.io.provider_config import BUILTIN_KINDS, Table
 from fanflow.io.providers import resolve_model
 from fanflow.io.schema import SchemaProblem, normalize_schema, parse_json, validation_error
 
@@ -28,7 +31,6 @@ def _templated(value: Any) -> bool:
 
 def check_llm_params(params: dict[str, Any]) -> list[Found]:
     found: list[Found] = []
-    found += check_model(params.get("model"))
     schema: dict[str, Any] | None = None
     raw = params.get("output_schema")
     if raw is not None and not _templated(raw):
@@ -61,11 +63,80 @@ def check_llm_params(params: dict[str, Any]) -> list[Found]:
     return found
 
 
-def check_model(model: Any) -> list[Found]:
-    """The wrong provider for a model name: an Anthropic model sent to OpenAI or vice versa."""
-    if not isinstance(model, str) or not model.strip() or "${" in model:
+# OpenAI-compatible services a model prefix often names, with their base URLs (for the hint).
+KNOWN_ENDPOINTS = {
+    "gemini": "https://generativelanguage.googleapis.com/v1beta/openai",
+    "groq": "https://api.groq.com/openai/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "together": "https://api.together.xyz/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "fireworks": "https://api.fireworks.ai/inference/v1",
+    "xai": "https://api.x.ai/v1",
+    "perplexity": "https://api.perplexity.ai",
+    "vllm": "http://localhost:8000/v1",
+    "lmstudio": "http://localhost:1234/v1",
+}
+
+
+def check_model(
+    model: Any, table: Table | None = None, env: Mapping[str, str] | None = None
+) -> list[Found]:
+    """The model against the providers: the wrong provider for a model name, a prefix naming
+    no configured provider, a provider name alone without a default_model."""
+    table = {} if table is None else table
+    env = {} if env is None else env
+    if model is None or (isinstance(model, str) and not model.strip()):
+        return _check_no_model(table, env)
+    if not isinstance(model, str) or "${" in model:
         return []
-    provider, name = resolve_model(model, {})
+    provider, name = resolve_model(model, {}, table)
+    found = _check_prefix(model, table)
+    if found or (provider in table and not table[provider].builtin):
+        return found
+    return _check_kind(model, provider, name)
+
+
+def _check_no_model(table: Table, env: Mapping[str, str]) -> list[Found]:
+    if (env.get("FANFLOW_LLM_MODEL") or "").strip():
+        return []
+    named = sorted(cfg.name for cfg in table.values() if cfg.default_model)
+    if len(named) < 2:
+        return []
+    return [(f"no model, and several providers set a default_model ({', '.join(named)})",
+             "model", f"name one: \"model\": \"{named[0]}\" (its default_model) or "
+             f"\"{named[0]}/<model>\", or set FANFLOW_LLM_MODEL")]  # fmt: skip
+
+
+def _check_prefix(model: str, table: Table) -> list[Found]:
+    prefix, sep, rest = model.strip().partition("/")
+    low = prefix.lower()
+    if not sep:
+        cfg = table.get(low)
+        if cfg is not None and not cfg.builtin and not cfg.default_model:
+            return [(f"model '{model}': provider '{prefix}' has no default_model", "model",
+                     f"write '{prefix}/<model>', or set default_model in {cfg.where}")]  # fmt: skip
+        return []
+    if low in table or low in BUILTIN_KINDS or low == "echo":
+        return []
+    configured = sorted(set(table) | set(BUILTIN_KINDS))
+    close = difflib.get_close_matches(low, configured, n=1, cutoff=0.75)
+    if close:
+        return [(f"model '{model}': no provider '{prefix}' is configured", "model",
+                 f"did you mean '{close[0]}/{rest}'?")]  # fmt: skip
+    url = KNOWN_ENDPOINTS.get(low)
+    if url is None:
+        return []  # a Hugging Face style name (meta-llama/Llama-3), sent whole to openai
+    entry = (
+        f'"providers": {{"{low}": {{"base_url": "{url}", "api_key_env": "{low.upper()}_API_KEY"}}}}'
+    )
+    return [(f"model '{model}': no provider '{prefix}' is configured", "model",
+             f"add {entry} to the workflow (or FANFLOW_PROVIDERS), then export "
+             f"{low.upper()}_API_KEY")]  # fmt: skip
+
+
+def _check_kind(model: str, provider: str, name: str) -> list[Found]:
+    """An Anthropic model sent to OpenAI or vice versa."""
     low = name.lower()
     if provider == "anthropic" and not low.startswith("claude"):
         return [(f"model '{model}': '{name}' is not an Anthropic model", "model",
@@ -73,11 +144,6 @@ def check_model(model: Any) -> list[Found]:
     if provider in ("openai", "ollama") and low.startswith("claude"):
         return [(f"model '{model}': '{name}' is an Anthropic model, not a {provider} one",
                  "model", f"write 'anthropic/{name}' or '{name}'")]  # fmt: skip
-    if provider == "openai" and model.lower().startswith(("gemini/", "groq/", "mistral/")):
-        prefix = model.split("/", 1)[0]
-        return [(f"model '{model}': no provider '{prefix}' is configured", "model",
-                 f"an OpenAI-compatible {prefix} endpoint works through OPENAI_BASE_URL with "
-                 f"model '{name.split('/', 1)[-1]}'")]  # fmt: skip
     return []
 
 

@@ -28,6 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 from fanflow.errors import NodeError
 from fanflow.io.lean_http import LeanClient
+from fanflow.io.provider_config import (
+    ProviderConfig,
+    Table,
+    active_table,
+    header_values,
+    header_var_field,
+    missing_vars,
+)
 
 if TYPE_CHECKING:
     from fanflow.execute.context import RunContext
@@ -44,6 +52,7 @@ OLLAMA_DEFAULT_URL = "http://localhost:11434/v1"  # for OpenAI-compatible server
 
 # Environment variables that hold secrets; their values are scrubbed from every message.
 SECRET_ENV_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+_CONFIGURED_SECRET_VARS: set[str] = set()  # providers' `api_key_env` variables, once used
 _KEY_SHAPES = re.compile(r"\b(sk-[A-Za-z0-9*_\-]{4,}|Bearer\s+\S+)")
 
 
@@ -128,23 +137,43 @@ class LLMProvider:
 # --------------------------------------------------------------------------- model resolution
 
 
-def resolve_model(model: str | None, env: Mapping[str, str] | None = None) -> tuple[str, str]:
+def resolve_model(
+    model: str | None, env: Mapping[str, str] | None = None, table: Table | None = None
+) -> tuple[str, str]:
     """Model string → (provider, model name sent to that provider).
 
-    ``openai/x`` and bare names → openai (names with other slashes, e.g. ``meta-llama/Llama-3``
-    served by an OpenAI-compatible server, are passed through whole); ``anthropic/x`` and
-    ``claude-*`` → anthropic. Empty → ``FANFLOW_LLM_MODEL`` or ``gpt-4o-mini``.
+    ``<provider>/x`` → that provider (built-in or configured in `table`, default: the run's);
+    a configured provider's name alone → its ``default_model``; other names with a slash
+    (``meta-llama/Llama-3`` served by an OpenAI-compatible server) and bare names → openai;
+    ``claude-*`` → anthropic. Empty → ``FANFLOW_LLM_MODEL``, else the one configured
+    provider with a ``default_model``, else ``gpt-4o-mini``.
     """
     env = os.environ if env is None else env
-    name = (model or "").strip() or env.get("FANFLOW_LLM_MODEL", "").strip() or DEFAULT_MODEL
+    table = active_table() if table is None else table
+    name = (model or "").strip() or env.get("FANFLOW_LLM_MODEL", "").strip()
+    if not name:
+        default = default_provider(table)
+        if default is not None and default.default_model:
+            return default.name, default.default_model
+        name = DEFAULT_MODEL
     if name.lower() == "echo":
         return "echo", "echo"
     prefix, sep, rest = name.partition("/")
-    if sep and prefix.lower() in _PROVIDERS and rest:
-        return prefix.lower(), rest
+    low = prefix.lower()
+    cfg = table.get(low)
+    if not sep and cfg is not None and cfg.default_model:
+        return low, cfg.default_model
+    if sep and rest and (cfg is not None or low in _PROVIDERS):
+        return low, rest
     if name.lower().startswith("claude-"):
         return "anthropic", name
     return "openai", name
+
+
+def default_provider(table: Table) -> ProviderConfig | None:
+    """The configured provider a node with no model uses: the only one with a default_model."""
+    found = [cfg for cfg in table.values() if cfg.default_model]
+    return found[0] if len(found) == 1 else None
 
 
 # --------------------------------------------------------------------------- redaction, errors
@@ -152,7 +181,8 @@ def resolve_model(model: str | None, env: Mapping[str, str] | None = None) -> tu
 
 def redact(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     """Remove API keys from a message: known values (env and explicit) and key-like shapes."""
-    values = [s for s in (*secrets, *(os.environ.get(v, "") for v in SECRET_ENV_VARS)) if s]
+    names = (*SECRET_ENV_VARS, *_CONFIGURED_SECRET_VARS)
+    values = [s for s in (*secrets, *(os.environ.get(v, "") for v in names)) if s]
     for value in sorted(set(values), key=len, reverse=True):
         if len(value) >= 4:
             text = text.replace(value, "***")
@@ -200,7 +230,12 @@ def body_excerpt(body: Any, limit: int = _EXCERPT) -> str:
 
 
 def status_error(
-    provider: str, status: int, headers: Mapping[str, str] | None, body: Any, secrets: list[str]
+    provider: str,
+    status: int,
+    headers: Mapping[str, str] | None,
+    body: Any,
+    secrets: list[str],
+    key_var: str | None = None,
 ) -> NodeError:
     transient = is_transient_status(status)
     excerpt = redact(body_excerpt(body), secrets)
@@ -208,7 +243,7 @@ def status_error(
     if excerpt:
         msg += f": {excerpt}"
     if status in (401, 403):
-        var = "OPENAI_API_KEY" if provider == "openai" else "ANTHROPIC_API_KEY"
+        var = key_var or ("ANTHROPIC_API_KEY" if provider == "anthropic" else "OPENAI_API_KEY")
         msg += f" (check {var})"
     return NodeError(
         msg, retryable=transient, retry_after=parse_retry_after(headers) if transient else None
@@ -228,17 +263,24 @@ class OpenAIProvider(LLMProvider):
         api_key: str | None = None,
         base_url: str | None = None,
         env: Mapping[str, str] | None = None,
+        *,
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        key_var: str | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
         env = os.environ if env is None else env
+        self.name = name or type(self).name
         base_url = base_url or env.get("OPENAI_BASE_URL") or None
         api_key = api_key or env.get("OPENAI_API_KEY") or None
         if api_key is None:
             if not base_url:
                 raise NodeError(missing_key_message("openai"), retryable=False)
             api_key = _PLACEHOLDER_KEY  # local compatible servers usually ignore the key
-        self._secrets = [api_key]
+        self._secrets = [api_key, *secrets]
         self._url = (base_url or OPENAI_DEFAULT_URL).rstrip("/") + "/chat/completions"
-        self.client = LeanClient(self.name, {"authorization": f"Bearer {api_key}"}, self._secrets)
+        sent = {"authorization": f"Bearer {api_key}", **(headers or {})}
+        self.client = LeanClient(self.name, sent, self._secrets, key_var)
 
     async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
         messages = _with_images(req, lambda text: [{"type": "text", "text": text}] + [
@@ -275,7 +317,7 @@ class OpenAIProvider(LLMProvider):
 
 
 class AnthropicProvider(LLMProvider):
-    """Anthropic Messages API through the optional ``anthropic`` SDK."""
+    """The Anthropic Messages API (or a server that speaks it)."""
 
     name = "anthropic"
 
@@ -284,18 +326,27 @@ class AnthropicProvider(LLMProvider):
         api_key: str | None = None,
         base_url: str | None = None,
         env: Mapping[str, str] | None = None,
+        *,
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        key_var: str | None = None,
+        secrets: Sequence[str] = (),
+        require_key: bool = True,
     ) -> None:
         env = os.environ if env is None else env
+        self.name = name or type(self).name
         api_key = api_key or env.get("ANTHROPIC_API_KEY") or None
         auth_token = env.get("ANTHROPIC_AUTH_TOKEN") or None
-        if api_key is None and auth_token is None:
+        if api_key is None and auth_token is None and require_key:
             raise NodeError(missing_key_message("anthropic"), retryable=False)
-        self._secrets = [s for s in (api_key, auth_token) if s]
-        auth = {"x-api-key": api_key} if api_key else {"authorization": f"Bearer {auth_token}"}
-        headers = {**auth, "anthropic-version": ANTHROPIC_VERSION}
+        self._secrets = [s for s in (api_key, auth_token, *secrets) if s]
+        auth = {"x-api-key": api_key} if api_key else {}
+        if auth_token and not api_key:
+            auth = {"authorization": f"Bearer {auth_token}"}
+        sent = {**auth, "anthropic-version": ANTHROPIC_VERSION, **(headers or {})}
         base_url = base_url or env.get("ANTHROPIC_BASE_URL") or ANTHROPIC_DEFAULT_URL
         self._url = base_url.rstrip("/") + "/v1/messages"
-        self.client = LeanClient(self.name, headers, self._secrets)
+        self.client = LeanClient(self.name, sent, self._secrets, key_var)
 
     async def chat(self, req: ChatRequest) -> tuple[str, dict[str, int]]:
         messages = _with_images(req, lambda text: [
@@ -452,13 +503,56 @@ def new_provider(name: str) -> LLMProvider:
 
 
 def get_provider(ctx: RunContext, name: str) -> LLMProvider:
-    """The run's one provider instance for `name`, created on first use, closed at run end."""
+    """The run's one provider instance for `name`, created on first use, closed at run end;
+    configured by the run's `providers` (``ctx.providers``) when they name it."""
     key = f"llm:{name}"
     provider = ctx.clients.get(key)
     if provider is None:
-        provider = ctx.clients[key] = new_provider(name)
+        cfg = (ctx.providers or {}).get(name)
+        provider = provider_from_config(cfg) if cfg is not None else new_provider(name)
+        ctx.clients[key] = provider
         ctx.on_close(provider.aclose)
     return provider
+
+
+def provider_from_config(cfg: ProviderConfig, env: Mapping[str, str] | None = None) -> LLMProvider:
+    """A provider for a configured entry (a custom one, or a built-in with changed settings)."""
+    env = os.environ if env is None else env
+    try:
+        headers, header_secrets = header_values(cfg, env)
+    except KeyError as exc:
+        raise NodeError(
+            unset_var_message(cfg, "headers", str(exc.args[0])), retryable=False
+        ) from None
+    headers = {k.lower(): v for k, v in headers.items()}
+    key: str | None = None
+    if cfg.api_key_env:
+        _CONFIGURED_SECRET_VARS.add(cfg.api_key_env)
+        key = env.get(cfg.api_key_env) or None
+        if key is None:
+            raise NodeError(unset_var_message(cfg, "api_key_env", cfg.api_key_env), retryable=False)
+    common: dict[str, Any] = {"name": cfg.name, "headers": headers, "secrets": header_secrets,
+                              "key_var": cfg.api_key_env}  # fmt: skip
+    if cfg.kind == "anthropic":
+        if cfg.name == "anthropic" and key is None:  # the built-in, its own key variables
+            return AnthropicProvider(None, cfg.base_url, env, **common)
+        return AnthropicProvider(key, cfg.base_url, {}, require_key=False, **common)
+    if cfg.name == "openai":
+        base = cfg.base_url or env.get("OPENAI_BASE_URL") or None
+        key = key or (None if cfg.api_key_env else env.get("OPENAI_API_KEY")) or None
+        return OpenAIProvider(key, base, {}, **common)
+    base = cfg.base_url or (env.get("OLLAMA_BASE_URL") or OLLAMA_DEFAULT_URL
+                            if cfg.name == "ollama" else OPENAI_DEFAULT_URL)  # fmt: skip
+    return OpenAIProvider(key or _PLACEHOLDER_KEY, base, {}, **common)
+
+
+def unset_var_message(cfg: ProviderConfig, field: str, var: str) -> str:
+    if field == "headers":
+        field = header_var_field(cfg, var)
+    return (
+        f"provider '{cfg.name}' needs the environment variable {var} ({cfg.at(field)}), "
+        f"which is not set: export {var}=..."
+    )
 
 
 # --------------------------------------------------------------------------- preflight
@@ -476,16 +570,28 @@ def missing_key_message(provider: str) -> str:
     )
 
 
-def preflight_llm(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str | None:
+def preflight_llm(
+    params: Mapping[str, Any], env: Mapping[str, str] | None = None, table: Table | None = None
+) -> str | None:
     """Before the run: a clear message when the provider this node will use has no key.
 
     `params` are the raw IR params: a templated model (``${...}``) is only known at run time,
     so the default model's provider is checked then.
     """
     env = os.environ if env is None else env
+    table = active_table() if table is None else table
     model = params.get("model")
     literal = isinstance(model, str) and "${" not in model
-    provider, _ = resolve_model(model if literal else None, env)
+    provider, _ = resolve_model(model if literal else None, env, table)
+    cfg = table.get(provider)
+    if cfg is not None:
+        missing = missing_vars(cfg, env)
+        if missing:
+            return unset_var_message(cfg, *missing[0])
+        if cfg.api_key_env or not cfg.builtin:
+            return None
+        if provider == "openai" and cfg.base_url:
+            return None  # a compatible server: a placeholder key is sent
     if provider == "openai":
         if not env.get("OPENAI_API_KEY") and not env.get("OPENAI_BASE_URL"):
             return missing_key_message("openai")
@@ -506,13 +612,16 @@ __all__ = [
     "LLMProvider",
     "OllamaProvider",
     "OpenAIProvider",
+    "ProviderConfig",
     "body_excerpt",
+    "default_provider",
     "get_provider",
     "is_transient_status",
     "latency_seconds",
     "missing_key_message",
     "parse_retry_after",
     "preflight_llm",
+    "provider_from_config",
     "redact",
     "register_provider",
     "resolve_model",

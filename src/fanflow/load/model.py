@@ -250,6 +250,18 @@ class McpServerSpec(Model):
 
 
 @dataclass(kw_only=True)
+class ProviderSpec(Model):
+    """An LLM provider that models name as `<name>/<model>` (docs/llm.md, "Providers"):
+    the API it speaks, where, the environment variable holding its key (never the key)."""
+
+    kind: Literal["openai", "anthropic"] | None = None  # None: openai, or a built-in's own
+    base_url: str | None = None
+    api_key_env: str | None = None
+    default_model: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
 class Workflow(Model):
     ir_version: str = field(metadata=_meta(pattern=r"^\d+\.\d+\.\d+$"))
     name: str | None = None
@@ -261,6 +273,7 @@ class Workflow(Model):
     start_node: str | None = None
     limits: dict[str, LimitSpec] = field(default_factory=dict)
     mcp_servers: dict[str, McpServerSpec] = field(default_factory=dict)
+    providers: dict[str, ProviderSpec] = field(default_factory=dict)  # LLM providers
     max_concurrent: int | None = field(default=None, metadata=_meta(ge=1))
     on_error: Literal["fail_fast", "continue"] = "fail_fast"
     max_visits: int = field(default=100, metadata=_meta(ge=1))

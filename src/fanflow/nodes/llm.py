@@ -15,6 +15,7 @@ from fanflow.errors import NodeError
 from fanflow.io import llm_cache
 from fanflow.io.images import ImageError, image_digest, load_images
 from fanflow.io.prices import estimate_cost
+from fanflow.io.provider_config import build_table
 from fanflow.io.providers import (
     DEFAULT_TIMEOUT,
     ChatRequest,
@@ -57,7 +58,8 @@ class LlmNode(AsyncNode):
             "string",
             default=None,
             description="e.g. gpt-4o-mini, openai/<m>, anthropic/<m>, claude-*, ollama/<m>, "
-            "echo (offline); default $FANFLOW_LLM_MODEL or gpt-4o-mini",
+            "<provider>/<m> for a workflow `providers` entry, echo (offline); default "
+            "$FANFLOW_LLM_MODEL, a provider's default_model, or gpt-4o-mini",
         ),
         "temperature": Param("number", default=None, description="sampling temperature", ge=0),
         "max_tokens": Param("integer", default=None, description="maximum output tokens", ge=1),
@@ -100,15 +102,30 @@ class LlmNode(AsyncNode):
     @classmethod
     def preflight(cls, params: dict[str, Any]) -> str | None:
         """Checked before the run starts: names the env var to set when a key is missing."""
+        return cls.preflight_in_workflow(params, None)
+
+    @classmethod
+    def preflight_in_workflow(cls, params: dict[str, Any], workflow: Any) -> str | None:
+        """`preflight` with the workflow's providers (and the run's, FANFLOW_PROVIDERS)."""
         if params.get("mock_response") is not None:
             return None  # answered offline: no key needed
-        return preflight_llm(params, os.environ)
+        return preflight_llm(params, os.environ, build_table(workflow))
 
     @classmethod
     def validate_params(cls, params: dict[str, Any]) -> list[str | ParamProblem]:
         from fanflow.io.llm_params import check_llm_params
 
         return [ParamProblem(msg, param, hint) for msg, param, hint in check_llm_params(params)]
+
+    @classmethod
+    def validate_in_workflow(
+        cls, params: dict[str, Any], workflow: Any
+    ) -> list[str | ParamProblem]:
+        """The model against the providers the workflow, FANFLOW_PROVIDERS and the run set."""
+        from fanflow.io.llm_params import check_model
+
+        found = check_model(params.get("model"), build_table(workflow), os.environ)
+        return [ParamProblem(msg, param, hint) for msg, param, hint in found]
 
     async def exec_async(self, prep_res: Any) -> dict[str, Any]:
         p = prep_res or {}
@@ -124,7 +141,9 @@ class LlmNode(AsyncNode):
         max_tokens = _number(p.get("max_tokens"), "max_tokens", int)
         timeout = _number(p.get("timeout"), "timeout", float) or DEFAULT_TIMEOUT
         schema = self._schema(p.get("output_schema"))
-        provider_name, model = resolve_model(p.get("model"))
+        provider_name, model = resolve_model(
+            p.get("model"), None, getattr(self.ctx, "providers", None) or {}
+        )
         try:
             images = load_images(p.get("images"))
         except ImageError as exc:

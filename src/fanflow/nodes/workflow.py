@@ -153,10 +153,17 @@ async def run_child(node: Any, compiled: Any, values: dict[str, Any]) -> dict[st
         depth=ctx.depth + 1,
         bus=_PrefixBus(ctx.bus, prefix),
         resume=_child_resume(ctx.resume, prefix),
+        providers=_child_providers(ctx.providers, compiled.workflow),
     )
     rs = RunState(compiled, values, child_ctx, ctx.budget, child_ctx.resume)
     driver = Driver(rs)
-    await driver.run()
+    if child_ctx.providers is ctx.providers:
+        await driver.run()
+    else:  # the child adds providers: its limit keys resolve with them
+        from fanflow.io.provider_config import active
+
+        with active(child_ctx.providers):
+            await driver.run()
     if driver.failures:
         first = driver.failures[0]
         more = f" (and {len(driver.failures) - 1} more)" if len(driver.failures) > 1 else ""
@@ -165,6 +172,15 @@ async def run_child(node: Any, compiled: Any, values: dict[str, Any]) -> dict[st
     if not compiled.outputs:
         return dict(rs.store)
     return outputs
+
+
+def _child_providers(table: Any, workflow: Any) -> Any:
+    """The run's LLM providers, plus those only the child defines (docs/llm.md)."""
+    if not getattr(workflow, "providers", None):
+        return table
+    from fanflow.io.provider_config import extend_table
+
+    return extend_table(table, workflow)
 
 
 class ChildInvalid(Exception):

@@ -63,6 +63,7 @@ class Span(NamedTuple):
     handled: bool = False  # failed, but an `error` edge took it (the run went on)
     retries: tuple[Retry, ...] = ()
     worker: str | None = None  # where it ran, when not on the driver's threads ("pid 123")
+    cached: bool = False  # an llm call answered from the response cache (llm_usage.cached)
 
     @property
     def duration(self) -> float:
@@ -93,7 +94,7 @@ _new = tuple.__new__  # Span(...) without the Python-level __new__ of a NamedTup
 # events is never walked again and never triggers a full collection. (Keeping the Event
 # objects, whose data dicts hold outputs and Status members, cost a 10,000-node chain about
 # 7 µs per node in collections: the trace's whole overhead, nearly.) The shapes:
-#   (kind, t, node, item, status, action, attempts, error, handled, worker)  node/item finished
+#   (kind, t, node, item, status, action, attempts, error, handled, worker, cached)  finished
 #   (kind, t, node, item, batch)                                     node started (+ item)
 #   (kind, t, node, item, attempt, error, wait)                      retry
 #   (kind, t, node, None, reason)                                    skipped
@@ -131,9 +132,12 @@ class Recorder:
             if error is not None and error.__class__ is not str:
                 error = str(error)
             status = d.get("status")
+            out = d.get("outputs") if kind == NODE_FINISHED else d.get("result")
+            usage = out.get("llm_usage") if out.__class__ is dict else None
+            cached = usage.__class__ is dict and usage.get("cached") is True
             self._add((kind, t, node, item, _PLAIN.get(status, status), d.get("action"),
                        d.get("attempts"), error, d.get("handled", False),
-                       d.get("worker")))  # fmt: skip
+                       d.get("worker"), cached))  # fmt: skip
         elif kind in (NODE_STARTED, ITEM_STARTED):
             if not d:
                 self._add((kind, t, node, item, None))
@@ -226,7 +230,7 @@ def build_spans(events: Sequence[Record]) -> Built:
                 _promote(node, open_nodes, more_open)
             i, start, batch = run
             spans[i] = new(span_cls, (node, None, start, e[1], e[4], e[5], e[6], e[7], batch,
-                                      e[8], (), e[9]))  # fmt: skip
+                                      e[8], (), e[9], e[10]))  # fmt: skip
         elif kind == NODE_STARTED:
             node = e[2]
             run = (len(spans), e[1], e[4])
@@ -241,7 +245,7 @@ def build_spans(events: Sequence[Record]) -> Built:
                 continue
             i, start = item_run
             spans[i] = new(span_cls, (e[2], e[3], start, e[1], e[4], None, e[6], e[7], None,
-                                      False, (), e[9]))  # fmt: skip
+                                      False, (), e[9], e[10]))  # fmt: skip
         elif kind == ITEM_STARTED:
             item_key = (e[2], e[3])
             if item_key in open_items:  # started again before it finished: the first stays open

@@ -132,12 +132,18 @@ def _later(delay: float, callback: Callable[[], None]) -> bool:
 
 
 class _Batch:
-    __slots__ = ("done", "failed", "last_line", "ok", "retries", "running", "total")
+    __slots__ = ("cached", "done", "failed", "last_line", "ok", "retries", "running", "total")
 
     def __init__(self, total: int | None, t: float):
         self.total = total
-        self.done = self.ok = self.failed = self.running = self.retries = 0
+        self.done = self.ok = self.failed = self.running = self.retries = self.cached = 0
         self.last_line = t
+
+
+def _cached(outputs: Any) -> bool:
+    """An llm node's outputs that came from the response cache (`llm_usage.cached`)."""
+    usage = outputs.get("llm_usage") if isinstance(outputs, dict) else None
+    return isinstance(usage, dict) and usage.get("cached") is True
 
 
 class _LineSink:
@@ -229,7 +235,8 @@ class _ProgressBase:
 
     def _batch_line(self, node: str, b: _Batch) -> str:
         total = "?" if b.total is None else str(b.total)
-        return f"{node} {b.done}/{total} {self.g['ok']}{b.ok} {self.g['fail']}{b.failed}"
+        cached = f" ({b.cached} cached)" if b.cached else ""
+        return f"{node} {b.done}/{total} {self.g['ok']}{b.ok} {self.g['fail']}{b.failed}{cached}"
 
     def handle(self, e: Event) -> None:
         kind = e.kind
@@ -251,6 +258,7 @@ class _ProgressBase:
             status = e.data.get("status")
             if status == SUCCESS:
                 b.ok += 1
+                b.cached += _cached(e.data.get("result"))
             elif status == FAILED:
                 b.failed += 1
             self._item_finished(e.node, b, e.t)  # type: ignore[arg-type]
@@ -289,6 +297,8 @@ class _ProgressBase:
             action = d.get("action")
             if action and action != "default" and status == SUCCESS:
                 note += f" -> {action}"
+            if b is None and status == SUCCESS and _cached(d.get("outputs")):
+                note += " cached"
             if status == SUCCESS:
                 self._line(f"{g['ok']} {node} {dur}{note}", "green")
             elif status == CANCELLED:

@@ -111,6 +111,8 @@ def _span_args(span: Span) -> dict[str, Any]:
         args["worker"] = span.worker  # a worker process or Dask worker ran it
     if span.handled:
         args["handled"] = True  # taken by an `error` edge; the run went on
+    if span.cached:
+        args["cached"] = True  # an llm call answered from the response cache
     if span.error is not None:
         args["error"] = short_error(span.error)
     return args
@@ -346,8 +348,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=s
 _NODE_HEAD = '{"ph":"X","cat":"node","name":'
 # Span fields after the status when a span has nothing else to say (action, attempts, error,
 # batch, handled, retries): what the engine emits for a plain success.
-_PLAIN_NODE_TAIL = ("default", 1, None, None, False, (), None)
-_PLAIN_ITEM_TAIL = (None, 1, None, None, False, (), None)
+_PLAIN_NODE_TAIL = ("default", 1, None, None, False, (), None, False)
+_PLAIN_ITEM_TAIL = (None, 1, None, None, False, (), None, False)
 
 
 def _in_flight_counter(keys: list[int]) -> list[tuple[int, int]]:

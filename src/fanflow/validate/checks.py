@@ -80,6 +80,10 @@ def check_workflow(workflow: Workflow) -> tuple[Graph, list[str]]:
             add(Problem(exc.message, file, "limits",
                         hint="keys look like llm:openai, llm:openai/gpt-4o-mini, http:host, node:shell"))  # fmt: skip
 
+    from fanflow.io.provider_config import problems_for  # providers: workflow, env, CLI
+
+    problems += problems_for(workflow)
+
     # Parameters against the node type's declared interface, and template syntax.
     compiled_ok = True
     parsed: dict[str, Any] = {}
