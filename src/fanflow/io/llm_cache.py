@@ -20,7 +20,6 @@ import contextvars
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +85,8 @@ def get(key: str) -> dict[str, Any] | None:
 
 def put(key: str, value: dict[str, Any]) -> None:
     """Store an entry; a cache that cannot be written is silently skipped (it is an optimisation)."""
+    import tempfile  # on the first write only: a run without llm calls does without it
+
     path = _path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
