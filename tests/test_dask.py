@@ -4,7 +4,6 @@ tcp) where only the protocol matters, and fanflow's own LocalCluster (worker pro
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import fanflow
 
 distributed = pytest.importorskip("distributed")
 
-from test_executors import BUSY, batch_doc, results  # noqa: E402
+from test_executors import BUSY, assert_item_stopped, batch_doc, results, stoppable_doc  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +39,11 @@ def test_dask_results_identical_to_threads(address: str) -> None:
 
 
 def test_dask_fail_fast_stops_the_running_item_on_the_worker(address: str, tmp_path: Path) -> None:
-    marker = tmp_path / "late.txt"
-    code = (
-        "import time\nif x == 0:\n    time.sleep(0.3)\n    raise RuntimeError('first fails')\n"
-        "t0 = time.time()\nwhile time.time() - t0 < 1.0:\n    pass\n"
-        "open(path, 'w').write('written')\nresult = x"
-    )
-    doc = batch_doc(code, [0, 1], {"path": str(marker)}, cap=2)
+    doc = stoppable_doc(tmp_path)
     doc["nodes"][0]["executor"] = address
     r = fanflow.run(doc)
     assert r.status == "failed" and "first fails" in r.error
-    time.sleep(1.5)
-    assert not marker.exists()
+    assert_item_stopped(tmp_path)
 
 
 def test_dask_code_timeout_on_a_worker_thread(address: str) -> None:

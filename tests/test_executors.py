@@ -93,18 +93,37 @@ def test_worker_killed_fail_fast_ends_run_with_clear_message() -> None:
     assert "item [1]" in r.error and "died while running this item (exit code 3)" in r.error
 
 
+# Item 0 fails at 0.3 s; item 1 would spin for 8 s, touching `beat` as it goes, then write
+# `path`. A working stop ends item 1 within a fraction of that, however loaded the machine.
+STOPPABLE = (
+    "import os, time\nif x == 0:\n    time.sleep(0.3)\n    raise RuntimeError('first fails')\n"
+    "t0 = last = time.time()\nwhile time.time() - t0 < 8.0:\n"
+    "    if time.time() - last > 0.05:\n        open(beat, 'w').close()\n        last = time.time()\n"
+    "open(path, 'w').write('written')\nresult = x"
+)
+
+
+def stoppable_doc(tmp_path: Path) -> dict[str, Any]:
+    inputs = {"path": str(tmp_path / "late.txt"), "beat": str(tmp_path / "beat")}
+    return batch_doc(STOPPABLE, [0, 1], inputs, cap=2)
+
+
+def assert_item_stopped(tmp_path: Path) -> None:
+    """Waits until item 1's heartbeat has been still for 0.5 s (or its 8 s are over); it must
+    have stopped before writing its file."""
+    beat, deadline = tmp_path / "beat", time.monotonic() + 9.0
+    while time.monotonic() < deadline:
+        if beat.exists() and time.time() - beat.stat().st_mtime > 0.5:
+            break
+        time.sleep(0.1)
+    assert beat.exists(), "item 1 never ran"
+    assert not (tmp_path / "late.txt").exists(), "item 1 ran to its end: nothing stopped it"
+
+
 def test_fail_fast_stops_the_other_items_in_their_workers(tmp_path: Path) -> None:
-    marker = tmp_path / "late.txt"
-    code = (
-        "import time\nif x == 0:\n    time.sleep(0.3)\n    raise RuntimeError('first fails')\n"
-        "t0 = time.time()\nwhile time.time() - t0 < 0.8:\n    pass\n"
-        "open(path, 'w').write('written')\nresult = x"
-    )
-    doc = batch_doc(code, [0, 1], {"path": str(marker)}, cap=2)
-    r = fanflow.run(doc, executor="process")
+    r = fanflow.run(stoppable_doc(tmp_path), executor="process")
     assert r.status == "failed" and "first fails" in r.error
-    time.sleep(1.5)  # long after item 1 would have written its file
-    assert not marker.exists()
+    assert_item_stopped(tmp_path)
 
 
 def test_code_timeout_stops_a_busy_loop_in_the_worker() -> None:
