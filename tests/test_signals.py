@@ -9,6 +9,7 @@ sleep would have ended.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -299,3 +300,24 @@ def test_a_signal_ignored_at_start_stays_ignored(write_wf, tmp_path):
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert sorted(lines(tmp_path / "done.log")) == [str(i) for i in range(N)]
+
+
+def test_kill_group_returns_once_the_pipes_are_at_their_end():
+    # The shell exits on SIGTERM at once; its child ignores SIGTERM and holds stdout until the
+    # SIGKILL. kill_group must not return before that pipe has ended (a run that ends then
+    # closes the loop under a live transport: "Event loop is closed" on stderr).
+    from fanflow.execute import children
+
+    async def main() -> tuple[bool, bool]:
+        proc = await children.spawn(
+            "bash", "-c", "(trap '' TERM; sleep 30) & wait",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        reading = asyncio.ensure_future(proc.communicate())
+        await asyncio.sleep(0.3)
+        reading.cancel()
+        await children.kill_group(proc, grace=5.0)
+        assert proc.stdout is not None and proc.stderr is not None
+        return proc.stdout.at_eof(), proc.stderr.at_eof()
+
+    assert asyncio.run(main()) == (True, True)

@@ -160,7 +160,7 @@ async def spawn(program: str, *args: str, env: dict[str, str] | None = None,
 async def _release_when_done(
     sup: _Supervisor, child: int, proc: asyncio.subprocess.Process
 ) -> None:
-    await proc.wait()  # returns once the process has exited and all its pipes are closed
+    await proc.wait()  # the process has exited (a descendant may still hold its pipes)
     _done(sup, child)
 
 
@@ -178,7 +178,19 @@ async def kill_group(proc: asyncio.subprocess.Process, grace: float = KILL_GRACE
         await asyncio.shield(_leader_exit(proc, grace))
     _killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.shield(asyncio.wait_for(proc.wait(), grace))
+        await asyncio.shield(asyncio.wait_for(_gone(proc), grace))
+
+
+async def _gone(proc: asyncio.subprocess.Process) -> None:
+    """The process has exited and its output pipes are at their end. `proc.wait()` alone
+    returns as soon as the leader is reaped, while a killed grandchild may still hold the
+    pipes: a run ending then would close the loop under them ("Event loop is closed" from the
+    transport's __del__)."""
+    await proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            while await stream.read(1 << 16):
+                pass
 
 
 async def _leader_exit(proc: asyncio.subprocess.Process, grace: float) -> None:
